@@ -1,0 +1,31 @@
+"""Grayscale uint8 volumes (DVID's uint8blk): raw blocks, lz4 at rest.
+
+Default block 32³: measured here, 32³ assembles slices faster than 64³ for all
+three planes (see docs/performance.md).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from dvidfs.data.volume import BlockVolume
+from dvidfs.errors import InvalidInputError
+from dvidfs.store import keys
+from dvidfs.store.values import LZ4, decode_value, encode_value
+
+
+class Grayscale(BlockVolume):
+    typename = "grayscale"
+    dtype = np.dtype(np.uint8)
+    block_class = keys.CLASS_GRAY_BLOCK
+    default_block = 32
+
+    def encode_block(self, block: np.ndarray) -> bytes:
+        return encode_value(np.ascontiguousarray(block).tobytes(), LZ4)
+
+    def decode_block(self, value: bytes) -> np.ndarray:
+        raw = decode_value(value)
+        shape = self.grid.shape_zyx
+        if len(raw) != shape[0] * shape[1] * shape[2]:
+            raise InvalidInputError(f"stored block of {self.inst.name!r} has {len(raw)} bytes, "
+                                    f"expected {shape}")
+        return np.frombuffer(raw, dtype=np.uint8).reshape(shape)

@@ -1,0 +1,281 @@
+"""Block-structured, versioned volumes: the machinery grayscale and labels share.
+
+A volume is a grid of blocks (default 32³ for grayscale, 64³ for labels), one
+versioned key per block (`class | IZYX`).  Reads assemble any box from one
+range scan per (z, y) row of blocks, inside one LevelDB snapshot so a slice
+never mixes two writes.  Writes read-modify-write the partial blocks on the
+border of the box, replace whole blocks outright, and put blocks, extents and
+(for labels) index updates in one atomic batch.  Never-written space reads as
+the background value 0.
+
+Concurrency: reads take no lock and may run in many worker threads at once.
+Writes hold `VersionDB.lock` from the "is the node open?" check until the batch
+is applied, so a commit cannot slip in between and two writers never
+read-modify-write the same block concurrently.
+"""
+from __future__ import annotations
+
+import json
+from typing import ClassVar
+
+import numpy as np
+
+from dvidfs.errors import InvalidInputError, NotFoundError, ReadOnlyError
+from dvidfs.store import keys, versioned
+from dvidfs.store.engine import Batch, Reader
+from dvidfs.store.versioned import VersionView
+from dvidfs.versions.dag import DESCRIBE, MERGEABLE, VersionDB
+from dvidfs.versions.model import Instance, Node
+from dvidfs.data.geometry import (PLANES, XYZ, BlockGrid, Box, image_to_volume, plane_box,
+                                  plane_dims, volume_to_image)
+
+EXTENTS_TKEY = keys.tkey(keys.CLASS_EXTENTS)
+
+
+def _merge_extents(values: list[bytes | None]) -> bytes | None:
+    boxes = [_box_from_json(v) for v in values if v is not None]
+    if not boxes:
+        return None
+    u = boxes[0]
+    for b in boxes[1:]:
+        u = u.union(b)
+    return _box_to_json(u)
+
+
+def _box_from_json(v: bytes) -> Box:
+    d = json.loads(v)
+    return Box.from_extents(tuple(d["MinPoint"]), tuple(d["MaxPoint"]))
+
+
+def _box_to_json(b: Box) -> bytes:
+    return json.dumps({"MinPoint": list(b.lo), "MaxPoint": [h - 1 for h in b.hi]}).encode()
+
+
+MERGEABLE[keys.CLASS_EXTENTS] = _merge_extents
+
+
+class BlockVolume:
+    """Versioned block volume; subclasses choose dtype, block class and codec."""
+
+    typename: ClassVar[str]
+    dtype: ClassVar[np.dtype]
+    block_class: ClassVar[int]
+    default_block: ClassVar[int]
+    needs_old_blocks: ClassVar[bool] = False  # labels need them to update the index
+
+    def __init__(self, db: VersionDB, inst: Instance):
+        self.db = db
+        self.engine = db.engine
+        self.inst = inst
+        bs = inst.config.get("BlockSize", [self.default_block] * 3)
+        self.grid = BlockGrid(tuple(int(b) for b in bs))
+
+    # ---------------------------------------------------------------- config
+    @classmethod
+    def make_config(cls, block_size: int | None = None, voxel_size=(8.0, 8.0, 8.0),
+                    voxel_units: str = "nanometers") -> dict:
+        b = int(block_size or cls.default_block)
+        if b <= 0 or b % 8 or b > 1024:
+            raise InvalidInputError(f"block size {b} must be a positive multiple of 8, at most 1024")
+        vs = [float(v) for v in voxel_size]
+        if len(vs) != 3 or any(v <= 0 for v in vs):
+            raise InvalidInputError(f"voxel size {voxel_size} must be three positive numbers")
+        return {"BlockSize": [b, b, b], "VoxelSize": vs, "VoxelUnits": voxel_units}
+
+    # ---------------------------------------------------------------- codec
+    def encode_block(self, block: np.ndarray) -> bytes:
+        raise NotImplementedError
+
+    def decode_block(self, value: bytes) -> np.ndarray:
+        raise NotImplementedError
+
+    def block_tkey(self, bcoord: XYZ) -> bytes:
+        return keys.tkey(self.block_class, keys.izyx(*bcoord))
+
+    # ---------------------------------------------------------------- extents
+    def extents(self, view: VersionView, reader: Reader | None = None) -> Box | None:
+        """Bounding box of everything written so far as seen from `view`."""
+        v = versioned.get(reader or self.engine, self.inst.id, EXTENTS_TKEY, view)
+        return _box_from_json(v) if v else None
+
+    def require_extents(self, view: VersionView) -> Box:
+        ext = self.extents(view)
+        if ext is None:
+            raise NotFoundError(f"data instance {self.inst.name!r} is empty at this node")
+        return ext
+
+    # ---------------------------------------------------------------- reading
+    def iter_blocks(self, reader: Reader, view: VersionView, box: Box):
+        """(block coord, decoded block) for every stored block touching `box`:
+        one range scan per (z, y) row of blocks."""
+        (x0, y0, z0), (x1, y1, z1) = self.grid.block_range(box)
+        for bz in range(z0, z1 + 1):
+            for by in range(y0, y1 + 1):
+                lo, hi = self.block_tkey((x0, by, bz)), self.block_tkey((x1, by, bz))
+                for tk, value in versioned.scan(reader, self.inst.id, lo, hi, view):
+                    yield keys.parse_izyx(tk[1:]), self.decode_block(value)
+
+    def read(self, view: VersionView, offset: XYZ, size: XYZ) -> np.ndarray:
+        """Voxels of the box at `offset` (x, y, z) of `size` as a [z, y, x] array."""
+        box = Box.from_offset_size(offset, size)
+        out = np.zeros(box.shape_zyx, dtype=self.dtype)
+        with self.engine.snapshot() as snap:
+            self._read_into(snap, view, box, out)
+        return out
+
+    def _read_into(self, reader: Reader, view: VersionView, box: Box, out: np.ndarray) -> None:
+        for bcoord, block in self.iter_blocks(reader, view, box):
+            bbox = self.grid.block_box(bcoord)
+            part = bbox.intersect(box)
+            out[part.slices_in(box)] = block[part.slices_in(bbox)]
+
+    def read_slice(self, view: VersionView, plane: str, coord: int) -> np.ndarray:
+        """2-D image (height, width) of one slice across the extents."""
+        if plane not in PLANES:
+            raise InvalidInputError(f"unknown plane {plane!r} (xy, xz or yz)")
+        with self.engine.snapshot() as snap:
+            ext = self.extents(view, snap)
+            if ext is None:
+                raise NotFoundError(f"data instance {self.inst.name!r} is empty at this node")
+            box = plane_box(ext, plane, coord)
+            if ext.intersect(box) is None:
+                raise NotFoundError(f"{plane} slice {coord} is outside the extents of {self.inst.name!r}")
+            out = np.zeros(box.shape_zyx, dtype=self.dtype)
+            self._read_into(snap, view, box, out)
+        return volume_to_image(out, plane)
+
+    # ---------------------------------------------------------------- writing
+    def check_writable(self, node: Node) -> None:
+        if node.locked:
+            raise ReadOnlyError(f"node {node.uuid} is committed (read-only); make a child node with "
+                                "`branch` to change data")
+        if self.inst.created_in not in self.db.ancestors(node.version_id):
+            raise NotFoundError(f"data instance {self.inst.name!r} does not exist at node {node.uuid}")
+
+    def coerce(self, arr: np.ndarray) -> np.ndarray:
+        arr = np.asarray(arr)
+        if arr.ndim != 3:
+            raise InvalidInputError(f"expected a 3-D [z, y, x] array, got {arr.ndim}-D")
+        if arr.size == 0:
+            raise InvalidInputError("cannot write an empty array")
+        if arr.dtype != self.dtype:
+            if not np.can_cast(arr.dtype, self.dtype, casting="same_kind") or (
+                    arr.dtype.kind in "iu" and (arr.min() < 0 or arr.max() > np.iinfo(self.dtype).max)):
+                raise InvalidInputError(f"{self.inst.name!r} stores {self.dtype}, got {arr.dtype} "
+                                        "values that do not fit")
+            arr = arr.astype(self.dtype)
+        return arr
+
+    def write(self, node: Node, offset: XYZ, arr: np.ndarray) -> None:
+        """Store a [z, y, x] array at `offset` (x, y, z) in open node `node`, atomically."""
+        arr = self.coerce(arr)
+        box = Box.from_offset_size(offset, (arr.shape[2], arr.shape[1], arr.shape[0]))
+        with self.db.lock:
+            self.check_writable(node)
+            view = self.db.view(node)
+            batch = Batch()
+            with self.engine.snapshot() as snap:
+                self._stage_blocks(batch, snap, node, view, box, arr)
+                self._stage_extents(batch, snap, node, view, box)
+            self.engine.apply(batch)
+
+    def _stage_blocks(self, batch: Batch, reader: Reader, node: Node, view: VersionView,
+                      box: Box, arr: np.ndarray) -> None:
+        old_blocks: dict[XYZ, np.ndarray] = {}
+        full_only = all(self.grid.block_box(b).intersect(box) == self.grid.block_box(b)
+                        for b in (self.grid.block_range(box)[0], self.grid.block_range(box)[1]))
+        if self.needs_old_blocks or not full_only:
+            old_blocks = dict(self.iter_blocks(reader, view, box))
+        for bcoord in self.grid.blocks(box):
+            bbox = self.grid.block_box(bcoord)
+            part = bbox.intersect(box)
+            old = old_blocks.get(bcoord)
+            if part == bbox:
+                new = np.ascontiguousarray(arr[part.slices_in(box)])
+            else:
+                new = old.copy() if old is not None else np.zeros(self.grid.shape_zyx, self.dtype)
+                new[part.slices_in(bbox)] = arr[part.slices_in(box)]
+            self.stage_block(batch, node, bcoord, old, new)
+
+    def stage_block(self, batch: Batch, node: Node, bcoord: XYZ, old: np.ndarray | None,
+                    new: np.ndarray) -> None:
+        """Put one block (hook: labels also update their index here)."""
+        versioned.put(batch, self.inst.id, self.block_tkey(bcoord), node.version_id,
+                      self.encode_block(new))
+
+    def _stage_extents(self, batch: Batch, reader: Reader, node: Node, view: VersionView,
+                       box: Box) -> None:
+        ext = self.extents(view, reader)
+        grown = box.union(ext)
+        if grown != ext:
+            versioned.put(batch, self.inst.id, EXTENTS_TKEY, node.version_id, _box_to_json(grown))
+
+    def write_slice(self, node: Node, plane: str, coord: int, img: np.ndarray) -> None:
+        """Store a 2-D image as slice `coord` of `plane`.  The image must cover the
+        plane across the current extents (it is placed at their min corner); in an
+        empty volume it starts at the origin and sets the extents."""
+        if plane not in PLANES:
+            raise InvalidInputError(f"unknown plane {plane!r} (xy, xz or yz)")
+        img = np.asarray(img)
+        if img.ndim != 2:
+            raise InvalidInputError(f"a slice must be a 2-D image, got shape {img.shape}")
+        ext = self.extents(self.db.view(node))
+        if ext is None:
+            h, w = img.shape
+            ext = Box((0, 0, 0), {"xy": (w, h, 1), "xz": (w, 1, h), "yz": (1, w, h)}[plane])
+        want_w, want_h = plane_dims(ext, plane)
+        if img.shape != (want_h, want_w):
+            raise InvalidInputError(
+                f"slice is {img.shape[1]}x{img.shape[0]} but the {plane} plane of {self.inst.name!r} is "
+                f"{want_w}x{want_h} (extents {list(ext.lo)}..{[h - 1 for h in ext.hi]})")
+        box = plane_box(ext, plane, coord)
+        self.write(node, box.lo, image_to_volume(img, plane))
+
+    def delete(self, node: Node, offset: XYZ, size: XYZ) -> None:
+        """Delete a box: whole blocks inside it get tombstones (ancestors keep
+        their copies), partial blocks on its border are zeroed."""
+        box = Box.from_offset_size(offset, size)
+        with self.db.lock:
+            self.check_writable(node)
+            view = self.db.view(node)
+            batch = Batch()
+            with self.engine.snapshot() as snap:
+                old_blocks = dict(self.iter_blocks(snap, view, box))
+                for bcoord, old in old_blocks.items():
+                    bbox = self.grid.block_box(bcoord)
+                    part = bbox.intersect(box)
+                    if part == bbox:
+                        self.stage_delete(batch, node, bcoord, old)
+                    else:
+                        new = old.copy()
+                        new[part.slices_in(bbox)] = 0
+                        self.stage_block(batch, node, bcoord, old, new)
+            self.engine.apply(batch)
+
+    def stage_delete(self, batch: Batch, node: Node, bcoord: XYZ, old: np.ndarray) -> None:
+        versioned.delete(batch, self.inst.id, self.block_tkey(bcoord), node.version_id)
+
+    # ---------------------------------------------------------------- info
+    def info(self, view: VersionView) -> dict:
+        ext = self.extents(view)
+        cfg = self.inst.config
+        return {
+            "Base": {"TypeName": self.typename, "Name": self.inst.name,
+                     "RepoUUID": self.db.by_version[view.version].repo,
+                     "Compression": "lz4", "Versioned": True},
+            "Extended": {"BlockSize": cfg.get("BlockSize"), "VoxelSize": cfg.get("VoxelSize"),
+                         "VoxelUnits": cfg.get("VoxelUnits"), "Values": [{"DataType": str(self.dtype)}],
+                         "MinPoint": list(ext.lo) if ext else None,
+                         "MaxPoint": [h - 1 for h in ext.hi] if ext else None},
+            "Extents": {"MinPoint": list(ext.lo) if ext else None,
+                        "MaxPoint": [h - 1 for h in ext.hi] if ext else None},
+        }
+
+
+def _describe_block(tk: bytes) -> str:
+    x, y, z = keys.parse_izyx(tk[1:13])
+    return f"block ({x},{y},{z})"
+
+
+DESCRIBE[keys.CLASS_GRAY_BLOCK] = _describe_block
+DESCRIBE[keys.CLASS_LABEL_BLOCK] = _describe_block

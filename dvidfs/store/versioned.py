@@ -1,0 +1,120 @@
+"""Versioned reads and writes over the ordered engine (DVID's rule).
+
+Reading key K at node V: scan every stored version of K (they are adjacent
+because the version is a key suffix), keep those that are ancestors of V (V
+included), and of those keep the *nearest*: the ones that are not an ancestor
+of another candidate.  One candidate: its value, or "deleted" if it is a
+tombstone.  Several (only possible below a merge): equal values are fine,
+different values are a `ConflictError`.  The cost grows with the number of
+versions *of K*, never with the depth of the DAG, because ancestor sets are
+precomputed per version (`Ancestry`).
+
+A write at version v puts the data key and removes a tombstone at v; a delete
+removes the data key at v and writes an empty tombstone.  Ancestors' copies
+stay.  Every write also records (v, instance, TKey) in the change index, which
+is what merge uses to find conflicting keys.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator, Protocol
+
+from dvidfs.errors import ConflictError
+from dvidfs.store import keys
+from dvidfs.store.engine import Batch, Reader
+
+
+class Ancestry(Protocol):
+    def ancestors(self, version: int) -> frozenset[int]:
+        """Every ancestor of `version`, `version` itself included."""
+
+
+@dataclass(frozen=True)
+class VersionView:
+    """Where a read happens: a version and the DAG that says who its ancestors are."""
+
+    version: int
+    ancestry: Ancestry
+
+    @property
+    def visible(self) -> frozenset[int]:
+        return self.ancestry.ancestors(self.version)
+
+
+_DELETED = object()
+
+
+def _resolve(entries: list[tuple[int, bool, bytes]], view: VersionView, what: bytes) -> bytes | None:
+    """Pick the nearest-ancestor entry among (version, tombstone, value) triples."""
+    visible = view.visible
+    cands = [e for e in entries if e[0] in visible]
+    if not cands:
+        return None
+    if len(cands) > 1:
+        anc = view.ancestry.ancestors
+        cands = [c for c in cands
+                 if not any(o[0] != c[0] and c[0] in anc(o[0]) for o in cands)]
+        if len(cands) > 1:
+            vals = {None if t else v for _, t, v in cands}
+            if len(vals) > 1:
+                raise ConflictError(
+                    f"key {what.hex()} has different values on different parent paths "
+                    f"(versions {sorted(c[0] for c in cands)}); resolve the merge first")
+    _, tomb, value = cands[0]
+    return None if tomb else value
+
+
+def get(reader: Reader, instance_id: int, tk: bytes, view: VersionView) -> bytes | None:
+    """Value of (instance, TKey) as seen from `view`, or None if absent/deleted."""
+    start = keys.data_key(instance_id, tk, 0)[:-keys.SUFFIX_LEN]
+    entries = []
+    for k, v in reader.scan(start, start + b"\xff" * keys.SUFFIX_LEN + b"\xff"):
+        if len(k) - len(start) != keys.SUFFIX_LEN:
+            continue  # a longer TKey that merely starts with ours
+        _, _, version, tomb = keys.split_data_key(k)
+        entries.append((version, tomb, v))
+    return _resolve(entries, view, tk) if entries else None
+
+
+def scan(reader: Reader, instance_id: int, tk_lo: bytes, tk_hi: bytes,
+         view: VersionView) -> Iterator[tuple[bytes, bytes]]:
+    """(TKey, value) for every live key with tk_lo <= TKey <= tk_hi, in byte
+    order, resolved at `view`.  Meant for fixed-length TKeys (block rows)."""
+    prefix = keys.instance_prefix(instance_id)
+    start = prefix + tk_lo
+    stop = prefix + tk_hi + b"\xff" * (keys.SUFFIX_LEN + 1)
+    cur_tk: bytes | None = None
+    entries: list[tuple[int, bool, bytes]] = []
+    for k, v in reader.scan(start, stop):
+        _, tk, version, tomb = keys.split_data_key(k)
+        if tk != cur_tk:
+            if entries:
+                val = _resolve(entries, view, cur_tk)
+                if val is not None:
+                    yield cur_tk, val
+            cur_tk, entries = tk, []
+        entries.append((version, tomb, v))
+    if entries:
+        val = _resolve(entries, view, cur_tk)
+        if val is not None:
+            yield cur_tk, val
+
+
+def put(batch: Batch, instance_id: int, tk: bytes, version: int, value: bytes) -> None:
+    batch.put(keys.data_key(instance_id, tk, version), value)
+    batch.delete(keys.data_key(instance_id, tk, version, tombstone=True))
+    batch.put(keys.change_key(version, instance_id, tk), b"")
+
+
+def delete(batch: Batch, instance_id: int, tk: bytes, version: int) -> None:
+    batch.delete(keys.data_key(instance_id, tk, version))
+    batch.put(keys.data_key(instance_id, tk, version, tombstone=True), b"")
+    batch.put(keys.change_key(version, instance_id, tk), b"")
+
+
+def changed_keys(reader: Reader, version: int) -> Iterator[tuple[int, bytes]]:
+    """(instance id, TKey) of every key written or deleted at `version`."""
+    p = keys.change_prefix(version)
+    for k in reader.scan(p, keys.prefix_end(p), include_value=False):
+        _, inst, tk = keys.split_change_key(k)
+        yield inst, tk

@@ -1,0 +1,357 @@
+"""Repos and the version DAG: nodes, commit, branch, merge, log, UUID resolution.
+
+All metadata lives in a few small JSON records (one per repo, one per node)
+held in memory and written through to the engine.  Commit, branch and merge
+write O(1) records and never touch voxel data.
+
+Concurrency: every mutating call takes `self.lock` (an RLock shared with the
+data types' writers), so "check the node is open, then write" cannot race a
+commit.  Reads of the in-memory records need no lock: records are replaced,
+never mutated, outside the lock.
+"""
+from __future__ import annotations
+
+import json
+import re
+import struct
+import threading
+from typing import Callable, Iterable
+
+from dvidfs.errors import (AmbiguousError, ConflictError, ExistsError, InvalidInputError,
+                           NotFoundError, ReadOnlyError)
+from dvidfs.store import keys, versioned
+from dvidfs.store.engine import Batch, Engine
+from dvidfs.store.versioned import VersionView
+from dvidfs.versions.model import MASTER, NAME_RE, UUID_RE, Instance, Node, Repo, new_uuid, now
+
+_REF_RE = re.compile(r"^(?P<prefix>[0-9a-fA-F]*)(?::(?P<branch>[^~]+))?(?:~(?P<back>\d+))?$")
+
+# Keys both sides of a merge may change that have a natural merged value
+# (extents: union box; max label: max).  Registered by data types:
+# class byte -> fn(list of parent values) -> merged value.
+MERGEABLE: dict[int, Callable[[list[bytes | None]], bytes | None]] = {}
+# class byte -> fn(TKey) -> human description, for conflict messages.
+DESCRIBE: dict[int, Callable[[bytes], str]] = {}
+
+
+class VersionDB:
+    def __init__(self, engine: Engine):
+        self.engine = engine
+        self.lock = threading.RLock()
+        self.repos: dict[str, Repo] = {}
+        self.nodes: dict[str, Node] = {}
+        self.by_version: dict[int, Node] = {}
+        self._anc: dict[int, frozenset[int]] = {}
+        self._load()
+
+    # ---------------------------------------------------------------- loading
+    def _load(self) -> None:
+        for prefix, sink in ((b"repo:", self._load_repo), (b"node:", self._load_node)):
+            p = keys.META + prefix
+            for _, v in self.engine.scan(p, keys.prefix_end(p)):
+                sink(json.loads(v))
+        for v in sorted(self.by_version):
+            self._index_ancestry(self.by_version[v])
+
+    def _load_repo(self, d: dict) -> None:
+        r = Repo.from_json(d)
+        self.repos[r.root] = r
+
+    def _load_node(self, d: dict) -> None:
+        n = Node(**d)
+        self.nodes[n.uuid] = n
+        self.by_version[n.version_id] = n
+
+    # ------------------------------------------------------------- ancestry
+    def ancestors(self, version: int) -> frozenset[int]:
+        """Ancestor version ids of `version`, itself included.  Precomputed when a
+        node is registered (parents always have smaller version ids), so this is
+        a dict lookup however deep the DAG is."""
+        return self._anc[version]
+
+    def _index_ancestry(self, node: Node) -> None:
+        s = {node.version_id}
+        for p in node.parents:
+            s |= self._anc[self.nodes[p].version_id]
+        self._anc[node.version_id] = frozenset(s)
+
+    def view(self, node: Node | str) -> VersionView:
+        n = self.node(node) if isinstance(node, str) else node
+        return VersionView(n.version_id, self)
+
+    # ------------------------------------------------------------- lookups
+    def repo(self, name_or_uuid: str) -> Repo:
+        """A repo by alias, by root UUID, or by any node UUID (prefix) in it."""
+        for r in self.repos.values():
+            if r.alias == name_or_uuid:
+                return r
+        if name_or_uuid in self.repos:
+            return self.repos[name_or_uuid]
+        try:
+            return self.repos[self.node(name_or_uuid).repo]
+        except (NotFoundError, InvalidInputError):
+            raise NotFoundError(f"no repo named {name_or_uuid!r}") from None
+
+    def repo_nodes(self, repo: Repo) -> list[Node]:
+        return sorted((n for n in self.nodes.values() if n.repo == repo.root),
+                      key=lambda n: n.version_id)
+
+    def node(self, ref: str, repo: Repo | None = None) -> Node:
+        """Resolve DVID's node references: a unique hex prefix, `prefix:branch`
+        (that branch's newest node in the prefix's repo), `:branch` (only with
+        one repo, or within `repo`), and `~N` (N-th first-parent ancestor)."""
+        m = _REF_RE.match(ref.strip())
+        if not m:
+            raise InvalidInputError(f"{ref!r} is not a node reference (UUID prefix, prefix:branch, ~N)")
+        prefix, branch, back = m.group("prefix").lower(), m.group("branch"), m.group("back")
+        if branch is None:
+            if not prefix:
+                raise InvalidInputError("empty node reference")
+            node = self._by_prefix(prefix, repo)
+        else:
+            if prefix:
+                repo = self.repos[self._by_prefix(prefix, repo).repo]
+            elif repo is None:
+                if len(self.repos) != 1:
+                    raise AmbiguousError(f"{ref!r}: `:branch` needs a UUID prefix when the store has "
+                                         f"{len(self.repos)} repos")
+                repo = next(iter(self.repos.values()))
+            node = self.branch_tip(repo, branch)
+        for _ in range(int(back or 0)):
+            if not node.parents:
+                raise NotFoundError(f"{ref!r}: node {node.uuid} has no parent")
+            node = self.nodes[node.parents[0]]
+        return node
+
+    def _by_prefix(self, prefix: str, repo: Repo | None) -> Node:
+        if UUID_RE.match(prefix) and prefix in self.nodes:
+            found = [self.nodes[prefix]]
+        else:
+            found = [n for u, n in self.nodes.items() if u.startswith(prefix)]
+        if repo is not None:
+            found = [n for n in found if n.repo == repo.root]
+        if not found:
+            raise NotFoundError(f"no node with UUID {prefix!r}")
+        if len(found) > 1:
+            raise AmbiguousError(f"UUID prefix {prefix!r} matches {len(found)} nodes: "
+                                 + ", ".join(sorted(n.uuid for n in found)[:5]))
+        return found[0]
+
+    def branches(self, repo: Repo) -> dict[str, Node]:
+        """Branch name -> newest node of that branch ("master" for the default)."""
+        tips: dict[str, Node] = {}
+        for n in self.repo_nodes(repo):  # ascending version id = creation order
+            tips[n.branch_name] = n
+        return tips
+
+    def branch_tip(self, repo: Repo, branch: str) -> Node:
+        tip = self.branches(repo).get(branch)
+        if tip is None:
+            raise NotFoundError(f"no branch {branch!r} in repo {repo.alias!r}")
+        return tip
+
+    # ------------------------------------------------------------- writing
+    def _next_id(self, batch: Batch, counter: str) -> int:
+        k = keys.meta_key("counter:" + counter)
+        raw = self.engine.get(k)
+        nxt = (struct.unpack(">I", raw)[0] if raw else 0) + 1
+        # batches are applied under self.lock, so no other writer sees the old value
+        batch.put(k, struct.pack(">I", nxt))
+        return nxt
+
+    def _save(self, batch: Batch, obj: Repo | Node) -> None:
+        if isinstance(obj, Repo):
+            batch.put(keys.meta_key("repo:" + obj.root), json.dumps(obj.to_json()).encode())
+        else:
+            batch.put(keys.meta_key("node:" + obj.uuid), json.dumps(obj.to_json()).encode())
+
+    def _add_node(self, batch: Batch, repo: Repo, parents: list[Node], branch: str, note: str,
+                  uuid: str | None) -> Node:
+        uid = (uuid or new_uuid()).lower()
+        if not UUID_RE.match(uid):
+            raise InvalidInputError(f"{uid!r} is not a UUID (32 lowercase hex characters)")
+        if uid in self.nodes:
+            raise ExistsError(f"node {uid} already exists")
+        node = Node(uuid=uid, version_id=self._next_id(batch, "version"), repo=repo.root,
+                    branch=branch, note=note, parents=[p.uuid for p in parents])
+        for p in parents:
+            p.children.append(uid)
+            p.updated = now()
+            self._save(batch, p)
+        self._save(batch, node)
+        return node
+
+    def _register(self, node: Node) -> None:
+        self.nodes[node.uuid] = node
+        self.by_version[node.version_id] = node
+        self._index_ancestry(node)
+
+    def new_repo(self, alias: str, description: str = "", root: str | None = None) -> Repo:
+        if not NAME_RE.match(alias) or UUID_RE.match(alias):
+            raise InvalidInputError(f"{alias!r} is not a valid repo name (letters, digits, _ . + -; "
+                                    "not a UUID)")
+        with self.lock:
+            if any(r.alias == alias for r in self.repos.values()):
+                raise ExistsError(f"a repo named {alias!r} already exists")
+            batch = Batch()
+            repo = Repo(root="", alias=alias, description=description)
+            node = self._add_node(batch, repo, [], "", "root", root)
+            node.repo = repo.root = node.uuid
+            self._save(batch, node)
+            self._save(batch, repo)
+            self.engine.apply(batch, sync=True)
+            self.repos[repo.root] = repo
+            self._register(node)
+            return repo
+
+    def commit(self, node: Node, note: str = "", log: Iterable[str] = ()) -> Node:
+        with self.lock:
+            if node.locked:
+                raise ReadOnlyError(f"node {node.uuid} is already committed")
+            node.locked = True
+            if note:
+                node.note = note
+            node.log.extend(log)
+            node.updated = now()
+            batch = Batch()
+            self._save(batch, node)
+            self.engine.apply(batch, sync=True)
+            return node
+
+    def branch(self, parent: Node, name: str | None = None, note: str = "",
+               uuid: str | None = None) -> Node:
+        """A child of a committed node.  With `name`: a new branch (unique name);
+        without: a new version on the parent's branch (one per parent)."""
+        with self.lock:
+            if not parent.locked:
+                raise InvalidInputError(f"node {parent.uuid} is open: commit it before making a child "
+                                        "(children can only come from committed nodes)")
+            repo = self.repos[parent.repo]
+            if name is None or name == parent.branch_name:
+                branch = parent.branch
+                same = [c for c in parent.children if self.nodes[c].branch == branch]
+                if same:
+                    raise ExistsError(f"node {parent.uuid} already has a child on branch "
+                                      f"{parent.branch_name!r} ({same[0]}); name a new branch instead")
+            else:
+                if not NAME_RE.match(name) or UUID_RE.match(name) or name == MASTER:
+                    raise InvalidInputError(f"{name!r} is not a valid branch name")
+                if name in self.branches(repo):
+                    raise ExistsError(f"branch {name!r} already exists in repo {repo.alias!r}")
+                branch = name
+            batch = Batch()
+            node = self._add_node(batch, repo, [parent], branch, note, uuid)
+            self.engine.apply(batch, sync=True)
+            self._register(node)
+            return node
+
+    def merge(self, parents: list[Node], note: str = "", uuid: str | None = None,
+              instance_names: dict[int, str] | None = None) -> Node:
+        """A new open node whose parents are all `parents` (committed, same repo).
+        Refused, naming the keys, when a key was changed on more than one side
+        since the common ancestor and the sides' values differ (unless its class
+        is MERGEABLE, in which case the merged value is written in the new node)."""
+        with self.lock:
+            if len(parents) < 2 or len({p.uuid for p in parents}) != len(parents):
+                raise InvalidInputError("a merge needs two or more different parent nodes")
+            for p in parents:
+                if not p.locked:
+                    raise InvalidInputError(f"node {p.uuid} is open: commit it before merging")
+                if p.repo != parents[0].repo:
+                    raise InvalidInputError("merge parents must be in the same repo")
+            merged_values, conflicts = self._merge_plan(parents)
+            if conflicts:
+                names = instance_names or {}
+                shown = [f"{names.get(inst, inst)}: {self._describe(tk)}" for inst, tk in conflicts[:20]]
+                more = f" and {len(conflicts) - 20} more" if len(conflicts) > 20 else ""
+                raise ConflictError(f"merge refused: {len(conflicts)} key(s) changed differently on "
+                                    f"more than one side: " + "; ".join(shown) + more)
+            repo = self.repos[parents[0].repo]
+            batch = Batch()
+            node = self._add_node(batch, repo, parents, parents[0].branch, note, uuid)
+            for (inst, tk), value in merged_values.items():
+                if value is None:
+                    versioned.delete(batch, inst, tk, node.version_id)
+                else:
+                    versioned.put(batch, inst, tk, node.version_id, value)
+            self.engine.apply(batch, sync=True)
+            self._register(node)
+            return node
+
+    def _merge_plan(self, parents: list[Node]):
+        sides = [self.ancestors(p.version_id) for p in parents]
+        common = frozenset.intersection(*sides)
+        touched: dict[tuple[int, bytes], int] = {}
+        with self.engine.snapshot() as snap:
+            for side in sides:
+                seen: set[tuple[int, bytes]] = set()
+                for v in side - common:
+                    seen.update(versioned.changed_keys(snap, v))
+                for k in seen:
+                    touched[k] = touched.get(k, 0) + 1
+            merged, conflicts = {}, []
+            for (inst, tk), count in sorted(touched.items()):
+                if count < 2:
+                    continue
+                values = [versioned.get(snap, inst, tk, self.view(p)) for p in parents]
+                if all(v == values[0] for v in values):
+                    continue
+                fn = MERGEABLE.get(tk[0])
+                if fn is not None:
+                    merged[(inst, tk)] = fn(values)
+                else:
+                    conflicts.append((inst, tk))
+        return merged, conflicts
+
+    @staticmethod
+    def _describe(tk: bytes) -> str:
+        fn = DESCRIBE.get(tk[0])
+        return fn(tk) if fn else f"key class {tk[0]} {tk[1:].hex()}"
+
+    def append_log(self, node: Node, lines: Iterable[str]) -> Node:
+        """Log lines may be added to committed nodes too (DVID issue #133 asked for it)."""
+        with self.lock:
+            node.log.extend(l for l in lines if l)
+            node.updated = now()
+            batch = Batch()
+            self._save(batch, node)
+            self.engine.apply(batch)
+            return node
+
+    def set_note(self, node: Node, note: str) -> Node:
+        with self.lock:
+            node.note = note
+            node.updated = now()
+            batch = Batch()
+            self._save(batch, node)
+            self.engine.apply(batch)
+            return node
+
+    def new_instance(self, node: Node, name: str, typename: str, config: dict) -> Instance:
+        """Instances are created in an open node and seen by it and its descendants."""
+        with self.lock:
+            if node.locked:
+                raise ReadOnlyError(f"node {node.uuid} is committed: create data instances in an open node")
+            if not NAME_RE.match(name) or UUID_RE.match(name):
+                raise InvalidInputError(f"{name!r} is not a valid data instance name")
+            repo = self.repos[node.repo]
+            if name in repo.instances:
+                raise ExistsError(f"repo {repo.alias!r} already has a data instance named {name!r}")
+            batch = Batch()
+            inst = Instance(name=name, id=self._next_id(batch, "instance"), typename=typename,
+                            created_in=node.version_id, config=config)
+            repo.instances[name] = inst
+            repo.updated = now()
+            self._save(batch, repo)
+            self.engine.apply(batch, sync=True)
+            return inst
+
+    def instances_at(self, node: Node) -> dict[str, Instance]:
+        anc = self.ancestors(node.version_id)
+        return {k: v for k, v in sorted(self.repos[node.repo].instances.items())
+                if v.created_in in anc}
+
+    def history(self, node: Node) -> list[Node]:
+        """The node and its ancestors, newest first (DVID's log walk, all parents)."""
+        return sorted((self.by_version[v] for v in self.ancestors(node.version_id)),
+                      key=lambda n: -n.version_id)
