@@ -24,7 +24,8 @@ from dvidfs.store.engine import Batch, Engine
 from dvidfs.store.versioned import VersionView
 from dvidfs.versions.model import MASTER, NAME_RE, UUID_RE, Instance, Node, Repo, new_uuid, now
 
-_REF_RE = re.compile(r"^(?P<prefix>[0-9a-fA-F]*)(?::(?P<branch>[^~]+))?(?:~(?P<back>\d+))?$")
+_REF_RE = re.compile(r"^(?P<prefix>[^:~]*)(?::(?P<branch>[^~]+))?(?:~(?P<back>\d+))?$")
+_HEX_RE = re.compile(r"^[0-9a-f]+$")
 
 # Keys both sides of a merge may change that have a natural merged value
 # (extents: union box; max label: max).  Registered by data types:
@@ -99,11 +100,19 @@ class VersionDB:
     def node(self, ref: str, repo: Repo | None = None) -> Node:
         """Resolve DVID's node references: a unique hex prefix, `prefix:branch`
         (that branch's newest node in the prefix's repo), `:branch` (only with
-        one repo, or within `repo`), and `~N` (N-th first-parent ancestor)."""
+        one repo, or within `repo`), and `~N` (N-th first-parent ancestor).
+        dvidfs also takes a repo name where DVID takes the prefix: `myrepo` is
+        its master tip and `myrepo:name` the tip of branch `name`."""
         m = _REF_RE.match(ref.strip())
         if not m:
             raise InvalidInputError(f"{ref!r} is not a node reference (UUID prefix, prefix:branch, ~N)")
-        prefix, branch, back = m.group("prefix").lower(), m.group("branch"), m.group("back")
+        prefix, branch, back = m.group("prefix"), m.group("branch"), m.group("back")
+        named = [r for r in self.repos.values() if r.alias == prefix]
+        if named:
+            repo, prefix, branch = named[0], "", branch or MASTER
+        elif prefix and not _HEX_RE.match(prefix.lower()):
+            raise NotFoundError(f"no repo named {prefix!r} and not a UUID prefix")
+        prefix = prefix.lower()
         if branch is None:
             if not prefix:
                 raise InvalidInputError("empty node reference")

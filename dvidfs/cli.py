@@ -1,0 +1,280 @@
+"""The `dvidfs` command: a thin layer over `dvidfs.api`.
+
+Every user error (a `DvidfsError`, a missing file) prints one line
+`dvidfs: error: …` and exits 1; tracebacks are for bugs only.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from dvidfs.errors import DvidfsError, InvalidInputError
+
+
+def _xyz(text: str) -> tuple[int, int, int]:
+    try:
+        parts = [int(p) for p in text.replace("x", ",").split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not x,y,z integers") from None
+    if len(parts) == 1:
+        parts *= 3
+    if len(parts) != 3:
+        raise argparse.ArgumentTypeError(f"{text!r} needs three numbers x,y,z")
+    return tuple(parts)
+
+
+def _fxyz(text: str) -> tuple[float, float, float]:
+    try:
+        parts = [float(p) for p in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not x,y,z numbers") from None
+    if len(parts) == 1:
+        parts *= 3
+    if len(parts) != 3:
+        raise argparse.ArgumentTypeError(f"{text!r} needs three numbers x,y,z")
+    return tuple(parts)
+
+
+def _progress(total: int, desc: str, unit: str = "slice"):
+    from tqdm import tqdm
+    return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr,
+                disable=None if sys.stderr.isatty() else True)
+
+
+def _open(args, create: bool = False):
+    from dvidfs.api import DvidStore
+    path = args.store or os.environ.get("DVIDFS_STORE")
+    if not path:
+        raise InvalidInputError("no store given: use -s STORE or set DVIDFS_STORE")
+    return DvidStore(path, create=create)
+
+
+def _print_node(n) -> None:
+    flag = "committed" if n.locked else "open"
+    print(f"{n.uuid}  {n.branch_name:<12} {flag:<9} {n.note}")
+
+
+# ---------------------------------------------------------------- commands
+def cmd_init(args) -> None:
+    from dvidfs.api import DvidStore
+    DvidStore.init(args.path).close()
+    print(f"initialised store {args.path}")
+
+
+def cmd_repo_new(args) -> None:
+    with _open(args) as s:
+        r = s.db.new_repo(args.name, args.description or "")
+        print(r.root)
+
+
+def cmd_repo_list(args) -> None:
+    with _open(args) as s:
+        for r in sorted(s.db.repos.values(), key=lambda r: r.alias):
+            tips = s.db.branches(r)
+            print(f"{r.alias}  root {r.root}  branches: "
+                  + ", ".join(f"{b}={n.uuid[:8]}" for b, n in sorted(tips.items())))
+
+
+def cmd_data_new(args) -> None:
+    with _open(args) as s:
+        node = s.node(args.node)
+        s.new_instance(node, args.name, args.type, block_size=args.block_size,
+                       voxel_size=args.voxel_size, voxel_units=args.units)
+        print(f"created {args.type} instance {args.name!r} in node {node.uuid}")
+
+
+def cmd_import(args) -> None:
+    from dvidfs.transfer import VolumeSource, import_volume
+    with _open(args) as s:
+        node = s.node(args.node)
+        vol = s.data(node, args.data)
+        nz = VolumeSource(args.source, vol.dtype).shape[0]
+        with _progress(nz, f"import {os.path.basename(args.source.rstrip('/'))}") as bar:
+            size = import_volume(vol, node, args.source, args.offset, bar.update)
+        print(f"imported {size[0]}x{size[1]}x{size[2]} voxels into {args.data!r} at {tuple(args.offset)}")
+
+
+def cmd_export(args) -> None:
+    from dvidfs.transfer import export_volume
+    with _open(args) as s:
+        node = s.node(args.node)
+        vol = s.data(node, args.data)
+        view = s.db.view(node)
+        ext = vol.require_extents(view)
+        nz = args.size[2] if args.size else ext.size[2]
+        with _progress(nz, f"export {args.data}") as bar:
+            size = export_volume(vol, view, args.out, args.offset, args.size, bar.update)
+        print(f"exported {size[0]}x{size[1]}x{size[2]} voxels to {args.out}")
+
+
+def cmd_commit(args) -> None:
+    with _open(args) as s:
+        n = s.db.commit(s.node(args.node), args.message or "", args.log or [])
+        print(f"committed {n.uuid}")
+
+
+def cmd_branch(args) -> None:
+    with _open(args) as s:
+        n = s.db.branch(s.node(args.node), args.name, args.message or "")
+        print(n.uuid)
+
+
+def cmd_merge(args) -> None:
+    with _open(args) as s:
+        parents = [s.node(r) for r in args.nodes]
+        names = {i.id: i.name for i in s.db.repos[parents[0].repo].instances.values()}
+        n = s.db.merge(parents, args.message or "", instance_names=names)
+        print(n.uuid)
+
+
+def cmd_log(args) -> None:
+    with _open(args) as s:
+        node = s.node(args.node)
+        if args.json:
+            print(json.dumps([n.info() for n in s.db.history(node)], indent=2))
+            return
+        for n in s.db.history(node):
+            _print_node(n)
+            for line in n.log:
+                print(f"    {line}")
+
+
+def cmd_info(args) -> None:
+    with _open(args) as s:
+        node = s.node(args.node)
+        out = node.info()
+        out["Repo"] = s.db.repos[node.repo].alias
+        out["DataInstances"] = {name: s.data(node, name).info(s.db.view(node))
+                                for name in s.db.instances_at(node)}
+        print(json.dumps(out, indent=2))
+
+
+def cmd_sample(args) -> None:
+    from dvidfs.samplestore import build_sample_store
+    with _open(args, create=True) as s:
+        sx, sy, sz = args.size
+        with _progress(sz, "sample", "plane") as bar:
+            uuid = build_sample_store(s, args.size, repo=args.repo, seed=args.seed, progress=bar.update,
+                                      labels=not args.no_labels)
+        print(f"repo {args.repo!r}: {sx}x{sy}x{sz} sample in node {uuid} (committed)")
+
+
+def cmd_mount(args) -> None:
+    from dvidfs.fs.mount import mount
+    mount(args.path, args.mountpoint, foreground=args.foreground, debug=args.debug)
+
+
+def cmd_umount(args) -> None:
+    from dvidfs.fs.mount import unmount
+    unmount(args.mountpoint)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="dvidfs", description="Versioned connectomics volumes as a filesystem")
+    p.add_argument("-s", "--store", help="store directory (default: $DVIDFS_STORE)")
+    sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+
+    c = sub.add_parser("init", help="create an empty store")
+    c.add_argument("path")
+    c.set_defaults(fn=cmd_init)
+
+    repo = sub.add_parser("repo", help="repos: new, list").add_subparsers(dest="sub", required=True)
+    c = repo.add_parser("new", help="create a repo; prints its root UUID")
+    c.add_argument("name")
+    c.add_argument("--description")
+    c.set_defaults(fn=cmd_repo_new)
+    c = repo.add_parser("list", help="list repos and branch tips")
+    c.set_defaults(fn=cmd_repo_list)
+
+    data = sub.add_parser("data", help="data instances: new").add_subparsers(dest="sub", required=True)
+    c = data.add_parser("new", help="create a data instance in an open node")
+    c.add_argument("node", help="node: UUID prefix, repo name, repo:branch, prefix:branch, ~N")
+    c.add_argument("name")
+    c.add_argument("--type", default="grayscale", help="grayscale or labels")
+    c.add_argument("--block-size", type=int, default=None, help="block edge in voxels (default per type)")
+    c.add_argument("--voxel-size", type=_fxyz, default=(8.0, 8.0, 8.0), help="x,y,z (default 8,8,8)")
+    c.add_argument("--units", default="nanometers")
+    c.set_defaults(fn=cmd_data_new)
+
+    c = sub.add_parser("import", help="import a folder of PNG/TIFF slices, a TIFF stack or a .npy")
+    c.add_argument("node")
+    c.add_argument("data")
+    c.add_argument("source")
+    c.add_argument("--offset", type=_xyz, default=(0, 0, 0), help="x,y,z of the first voxel")
+    c.set_defaults(fn=cmd_import)
+
+    c = sub.add_parser("export", help="export to .npy, .tif, or a folder of PNG slices")
+    c.add_argument("node")
+    c.add_argument("data")
+    c.add_argument("out")
+    c.add_argument("--offset", type=_xyz, default=None)
+    c.add_argument("--size", type=_xyz, default=None)
+    c.set_defaults(fn=cmd_export)
+
+    c = sub.add_parser("commit", help="lock a node for good")
+    c.add_argument("node")
+    c.add_argument("-m", "--message", help="commit note")
+    c.add_argument("--log", action="append", help="log line (repeatable)")
+    c.set_defaults(fn=cmd_commit)
+
+    c = sub.add_parser("branch", help="new child of a committed node; prints its UUID")
+    c.add_argument("node")
+    c.add_argument("--name", help="new branch name (default: continue the parent's branch)")
+    c.add_argument("-m", "--message", help="note")
+    c.set_defaults(fn=cmd_branch)
+
+    c = sub.add_parser("merge", help="new node merging committed nodes; prints its UUID")
+    c.add_argument("nodes", nargs="+")
+    c.add_argument("-m", "--message")
+    c.set_defaults(fn=cmd_merge)
+
+    c = sub.add_parser("log", help="a node and its ancestors, newest first")
+    c.add_argument("node")
+    c.add_argument("--json", action="store_true")
+    c.set_defaults(fn=cmd_log)
+
+    c = sub.add_parser("info", help="node and data instance info as JSON")
+    c.add_argument("node")
+    c.set_defaults(fn=cmd_info)
+
+    c = sub.add_parser("sample", help="build a sample repo with EM-like grayscale (and labels)")
+    c.add_argument("--size", type=_xyz, default=(256, 256, 128), help="x,y,z (default 256,256,128)")
+    c.add_argument("--repo", default="sample")
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--no-labels", action="store_true")
+    c.set_defaults(fn=cmd_sample)
+
+    c = sub.add_parser("mount", help="mount a store")
+    c.add_argument("path", help="store directory")
+    c.add_argument("mountpoint")
+    c.add_argument("-f", "--foreground", action="store_true", help="stay in the foreground")
+    c.add_argument("--debug", action="store_true", help="log every FUSE request (implies -f)")
+    c.set_defaults(fn=cmd_mount)
+
+    c = sub.add_parser("umount", help="unmount")
+    c.add_argument("mountpoint")
+    c.set_defaults(fn=cmd_umount)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.fn(args)
+    except DvidfsError as exc:
+        print(f"dvidfs: error: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"dvidfs: error: {exc.filename or ''}{': ' if exc.filename else ''}{exc.strerror or exc}",
+              file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("dvidfs: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

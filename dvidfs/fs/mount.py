@@ -1,0 +1,127 @@
+"""Mount lifecycle: `dvidfs mount` (background by default) and `dvidfs umount`.
+
+Background mounting re-runs this command in the foreground as a detached
+child process and waits until the mount point is live (or the child fails,
+whose one-line error is then shown), so `dvidfs mount` returns only when the
+filesystem is usable.  The foreground process owns the LevelDB store; while it
+runs, other `dvidfs` commands on the store say where it is mounted.
+
+SIGINT/SIGTERM stop the trio loop via `pyfuse3.terminate()`; the store is
+closed (everything written was applied in atomic batches already) and the
+mount removed.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pyfuse3
+import trio
+
+from dvidfs.api import DvidStore
+from dvidfs.errors import DvidfsError, InvalidInputError, StoreBusyError
+from dvidfs.fs.operations import DvidOperations
+from dvidfs.fs.tree import Tree
+
+LOG_NAME = "mount.log"
+
+
+def is_mounted(path: str) -> bool:
+    real = os.path.realpath(path)
+    try:
+        with open("/proc/mounts") as f:
+            return any(line.split()[1] == real for line in f)
+    except OSError:
+        return os.path.ismount(path)
+
+
+def _check_mountpoint(mountpoint: str) -> None:
+    if not os.path.isdir(mountpoint):
+        raise InvalidInputError(f"mount point {mountpoint} is not a directory")
+    if is_mounted(mountpoint):
+        raise StoreBusyError(f"{mountpoint} is already a mount point")
+
+
+def mount(store_path: str, mountpoint: str, foreground: bool = False, debug: bool = False) -> None:
+    _check_mountpoint(mountpoint)
+    if foreground or debug:
+        run_foreground(store_path, mountpoint, debug)
+        return
+    DvidStore(store_path).close()  # fail fast, in this process, on a missing or busy store
+    log_path = os.path.join(store_path, LOG_NAME)
+    with open(log_path, "ab") as logf:
+        child = subprocess.Popen(
+            [sys.executable, "-m", "dvidfs.cli", "mount", "-f", store_path, mountpoint],
+            stdin=subprocess.DEVNULL, stdout=logf, stderr=logf, start_new_session=True)
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        if is_mounted(mountpoint):
+            return
+        if child.poll() is not None:
+            raise DvidfsError(f"mount failed: {_last_line(log_path)}")
+        time.sleep(0.05)
+    child.terminate()
+    raise DvidfsError(f"mount did not come up within 30 s (see {log_path})")
+
+
+def _last_line(path: str) -> str:
+    try:
+        with open(path, errors="replace") as f:
+            lines = [l.strip() for l in f if l.strip()]
+        return lines[-1] if lines else "no output"
+    except OSError:
+        return "no output"
+
+
+def run_foreground(store_path: str, mountpoint: str, debug: bool = False) -> None:
+    logging.basicConfig(level=logging.DEBUG if debug else logging.INFO,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    store = DvidStore(store_path)
+    ops = DvidOperations(Tree(store))
+    options = set(pyfuse3.default_options)
+    options |= {"fsname=dvidfs", "subtype=dvidfs"}
+    if debug:
+        options.add("debug")
+    try:
+        pyfuse3.init(ops, mountpoint, options)
+    except RuntimeError as exc:
+        store.close()
+        raise DvidfsError(f"cannot mount {mountpoint}: {exc}") from None
+    store.engine.mark_mounted(mountpoint)
+    try:
+        trio.run(_serve, ops)
+    finally:
+        pyfuse3.close(unmount=True)
+        store.engine.clear_mounted()
+        store.close()
+        logging.getLogger("dvidfs.fs").info("unmounted %s", mountpoint)
+
+
+async def _serve(ops: DvidOperations) -> None:
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(ops.invalidator)
+        nursery.start_soon(_stop_on_signal, nursery)
+        await pyfuse3.main()
+        nursery.cancel_scope.cancel()
+
+
+async def _stop_on_signal(nursery) -> None:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
+        async for _ in signals:
+            pyfuse3.terminate()
+            return
+
+
+def unmount(mountpoint: str, timeout: float = 30.0) -> None:
+    if not is_mounted(mountpoint):
+        raise InvalidInputError(f"{mountpoint} is not mounted")
+    r = subprocess.run(["fusermount3", "-u", mountpoint], capture_output=True, text=True)
+    if r.returncode != 0:
+        raise DvidfsError(f"unmount failed: {r.stderr.strip() or r.stdout.strip()}")
+    deadline = time.time() + timeout
+    while is_mounted(mountpoint) and time.time() < deadline:
+        time.sleep(0.05)

@@ -1,0 +1,386 @@
+"""Deterministic synthetic EM volumes: grayscale image + matching segmentation.
+
+Why this exists: demos, tests and benchmarks need image/label pairs of any
+size that *behave* like connectomics data (compression ratios, label counts,
+block statistics, what you see when you open a slice), without shipping
+data files.  Everything here is a pure function of (global voxel coordinate,
+``seed``, ``cell_size``): any z-slab can be produced on its own, in any
+order or in parallel, and agrees bit for bit with the whole volume.
+
+The model, cheapest-first:
+
+* **Cells** (neurite cross-sections).  One jittered seed point per grid cell
+  of ``cell_size`` voxels (cellular / Worley noise); a voxel belongs to the
+  nearest seed among the 27 grid cells around its own.  Each seed has its own
+  per-axis distance weights, so cell walls are curved quadrics instead of
+  flat Voronoi planes and cells are somewhat elongated, like neurites cut at
+  different angles.  Seed positions and weights come from a hash of the
+  integer grid coordinates, never from a RNG state.
+* **Labels**: a bijective 40-bit scramble of the grid coordinates (and seed),
+  so ids are unique, nonzero, large (up to 2**40) and not contiguous: they
+  exercise uint64 paths the way real agglomeration ids do.  Every voxel is
+  labelled (dense ground truth, no 0).
+* **Gray**: per-cell brightness; a dark membrane band where the nearest and
+  second-nearest seed distances are almost equal; small dark "vesicles" (only
+  dense in some cells, like boutons); larger, z-elongated dark
+  "mitochondria"; and Gaussian-like per-voxel noise.
+
+Speed: the nearest/second-nearest search is the cost (27 candidates per
+voxel).  Work is done per small chunk (a few grid cells, sized for L2 cache)
+laid out as ``(z, y_in_cell, x_cell, x_in_cell)`` so each candidate's
+distance needs exactly one full-size float32 add; the z/y/x terms live at
+grid resolution.  Candidate index is packed into the 5 low mantissa bits of
+the distance, so the running best/second-best is just int32 min/max.  Only
+correctly rounded elementwise ops are used on voxels (+ - * sqrt min max and
+integer ops), so chunking and SIMD paths cannot change a single byte.
+"""
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from typing import Iterator
+
+import numpy as np
+
+from .errors import InvalidInputError
+
+__all__ = ["sample_slab", "make_sample", "iter_sample"]
+
+# --- look ------------------------------------------------------------------
+_JITTER = 0.15  # seeds lie in [0.15, 0.85] of their grid cell: no near-duplicates
+_LOG_WEIGHT = 0.5  # per-axis metric weight in exp(+-0.5) ~ [0.61, 1.65]
+_BRIGHT = (145.0, 195.0)  # cytoplasm gray range (per cell)
+_MEMBRANE = 45.0  # gray at the centre of a membrane
+_MEMBRANE_WIDTH = 2.6  # in units of sqrt(d2) - sqrt(d1) ~ 2x distance to the wall
+_VESICLE_DARK = 80.0  # max darkening by vesicles in the richest cells
+_NOISE_SIGMA = 11.0
+
+# Blob kinds: (stream, grid_yx, grid_z, r_min, r_max, z_elongation, prob, amp).
+# One candidate blob per blob-grid cell, kept strictly inside it, so a voxel
+# only ever looks at its own blob-grid cell.
+_VESICLES = (100, 5, 5, 1.2, 2.0, 1.0, 0.7, 2.0)  # amp scaled per cell below
+_MITO = (200, 16, 24, 3.0, 6.0, 1.8, 0.3, 100.0)
+
+# --- machinery -------------------------------------------------------------
+_M64 = (1 << 64) - 1
+_ID_BITS = 40
+_ID_MASK = (1 << _ID_BITS) - 1
+_AXIS_BITS = 13  # grid cells per axis (incl. halo) must fit: 8190 * cell_size voxels
+_CHUNK_VOXELS = 64 * 1024  # per-chunk working set ~4 int32 arrays -> fits L2
+_NOISE_TABLE_BITS = 16
+
+# 27 neighbour offsets (dz, dy, dx), own cell first (ties go to it).
+_OFFSETS = np.array(
+    [(dz, dy, dx) for dz in (0, -1, 1) for dy in (0, -1, 1) for dx in (0, -1, 1)],
+    dtype=np.int64,
+)
+
+
+def _mix64(x: np.ndarray) -> np.ndarray:
+    """splitmix64 finaliser on a uint64 array (wraps silently, as intended)."""
+    x = x ^ (x >> np.uint64(30))
+    x = x * np.uint64(0xBF58476D1CE4E5B9)
+    x = x ^ (x >> np.uint64(27))
+    x = x * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+def _hash(seed: int, stream: int, *coords: np.ndarray) -> np.ndarray:
+    """uint64 hash of broadcast integer coordinate arrays, a seed and a stream id.
+
+    This replaces a RNG: the value for a grid cell (or voxel) is the same no
+    matter which slab asks for it, which is what makes slabs independent.
+    """
+    start = (seed * 0x9E3779B97F4A7C15 + stream * 0xD1B54A32D192ED03 + 1) & _M64
+    h = np.full((1,) * max([1, *(np.ndim(c) for c in coords)]), start, dtype=np.uint64)
+    for c in coords:
+        h = _mix64(h + np.asarray(c, dtype=np.int64).astype(np.uint64))
+    return h
+
+
+def _unit(h: np.ndarray) -> np.ndarray:
+    """uint64 hash -> float64 uniform in [0, 1)."""
+    return (h >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))
+
+
+def _cell_ids(seed: int, cz: np.ndarray, cy: np.ndarray, cx: np.ndarray) -> np.ndarray:
+    """Unique nonzero uint64 id per grid cell, in [1, 2**40], not contiguous.
+
+    Pack the (halo-shifted) coordinates into 39 bits, then apply a chain of
+    bijections on 40 bits (xor, odd multiply, xorshift).  A bijection never
+    collides; the one input that maps to 0 is given 2**40 instead.
+    """
+    m = np.uint64(_ID_MASK)
+    key = (
+        (np.asarray(cz + 1, np.int64).astype(np.uint64) << np.uint64(2 * _AXIS_BITS))
+        | (np.asarray(cy + 1, np.int64).astype(np.uint64) << np.uint64(_AXIS_BITS))
+        | np.asarray(cx + 1, np.int64).astype(np.uint64)
+    )
+    x = key ^ (_hash(seed, 99) & m)
+    for mul, shift in ((0x9E3779B97F, 19), (0xC2B2AE3D27, 21), (0x165667B19F, 17)):
+        x = (x * np.uint64(mul | 1)) & m
+        x ^= x >> np.uint64(shift)
+    return np.where(x == 0, np.uint64(1 << _ID_BITS), x)
+
+
+class _Slab:
+    """Per-slab tables at grid resolution (one halo cell on every side)."""
+
+    def __init__(self, shape: tuple[int, int, int], z0: int, z1: int, seed: int, cs: int):
+        Z, Y, X = shape
+        self.shape, self.seed, self.cs = shape, seed, cs
+        self.ncy, self.ncx = -(-Y // cs), -(-X // cs)
+        self.cz_org = z0 // cs - 1  # grid z of table row 0
+        cz = np.arange(self.cz_org, (z1 - 1) // cs + 2)[:, None, None]
+        cy = np.arange(-1, self.ncy + 1)[None, :, None]
+        cx = np.arange(-1, self.ncx + 1)[None, None, :]
+
+        def u(stream: int) -> np.ndarray:
+            return _unit(_hash(seed, stream, cz, cy, cx))
+
+        lo, span = _JITTER * cs, (1 - 2 * _JITTER) * cs
+        # params[..., :] = seed z, y, x, weight z, y, x
+        self.params = np.stack(
+            [c * cs + lo + span * u(1 + i) for i, c in enumerate((cz, cy, cx))]
+            + [np.exp(_LOG_WEIGHT * (2 * u(4 + i) - 1)) for i in range(3)],
+            axis=-1,
+        )
+        self.ids = _cell_ids(seed, cz, cy, cx)
+        # +0.5 so the final float->uint8 truncation rounds to nearest
+        self.bright = (_BRIGHT[0] + (_BRIGHT[1] - _BRIGHT[0]) * u(7) + 0.5).astype(np.float32)
+        # most cells have few vesicles, a few are packed (boutons)
+        self.rich = (_VESICLE_DARK * u(8) ** 2).astype(np.float32)
+
+        # Noise: value = table[(hz[z] ^ hy[y] ^ hx[x]) * K >> 16].  Table entries
+        # are Irwin-Hall(4 bytes) ~ N(0, 1); the xor+multiply gives a per-voxel
+        # index without a full per-voxel hash (3 cheap uint32 ops).
+        t = _hash(seed, 20, np.arange(1 << _NOISE_TABLE_BITS))
+        b = [((t >> np.uint64(8 * i)) & np.uint64(0xFF)).astype(np.float64) for i in range(4)]
+        irwin = (sum(b) - 4 * 127.5) / np.sqrt(4 * (256**2 - 1) / 12)
+        self.noise = (_NOISE_SIGMA * irwin).astype(np.float32)
+        self.hz = (_hash(seed, 21, np.arange(z0, z1)) >> np.uint64(32)).astype(np.uint32)
+        self.hy = (_hash(seed, 22, np.arange(self.ncy * cs)) >> np.uint64(32)).astype(np.uint32)
+        self.hx = (_hash(seed, 23, np.arange(self.ncx * cs)) >> np.uint64(32)).astype(np.uint32)
+        self.z0 = z0
+
+
+def _blobs(sl: _Slab, kind: tuple, zs: np.ndarray, ya: int, yb: int, xa: int, xb: int) -> np.ndarray:
+    """Darkening (>= 0, float32, shape (nz, yb-ya, xb-xa)) from one blob kind.
+
+    Computed on the enclosing blob-grid-aligned box, laid out as
+    (z, y_cell, y_in, x_cell, x_in) so only two full-size ops are needed
+    (an add and a max); the z/y/x terms live at blob-grid resolution.
+    """
+    stream, g, gz, rmin, rmax, elong, prob, amp = kind
+    fy0, fy1 = ya // g, -(-yb // g)
+    fx0, fx1 = xa // g, -(-xb // g)
+    fz = zs // gz
+    FZ = np.arange(fz[0], fz[-1] + 1)[:, None, None]
+    FY = np.arange(fy0, fy1)[None, :, None]
+    FX = np.arange(fx0, fx1)[None, None, :]
+
+    def u(i: int) -> np.ndarray:
+        return _unit(_hash(sl.seed, stream + i, FZ, FY, FX))[fz - fz[0]]  # -> per plane
+
+    r = rmin + (rmax - rmin) * u(0)
+    rz = r * elong
+    a = np.where(u(1) < prob, amp * (0.6 + 0.4 * u(2)), 0.0)
+    pz = FZ[fz - fz[0]] * gz + rz + (gz - 2 * rz) * u(3)
+    py = FY * g + r + (g - 2 * r) * u(4)
+    px = FX * g + r + (g - 2 * r) * u(5)
+
+    nz, nfy, nfx = len(zs), fy1 - fy0, fx1 - fx0
+    z = zs.astype(np.float64)[:, None, None]
+    y = (fy0 * g + np.arange(nfy * g)).reshape(1, nfy, g, 1).astype(np.float64)
+    x = (fx0 * g + np.arange(nfx * g)).reshape(1, 1, nfx, g).astype(np.float64)
+    # a * (1 - q), q = ellipsoid radius^2, split into a (z, y) part and an x part
+    zy = a - a * ((z - pz) / rz) ** 2
+    zy = zy[:, :, None, :] - (a / r**2)[:, :, None, :] * (y - py[:, :, None, :]) ** 2
+    xx = -(a / r**2)[..., None] * (x - px[..., None]) ** 2
+    f = zy.astype(np.float32)[..., None] + xx.astype(np.float32)[:, :, None]
+    np.maximum(f, 0, out=f)
+    f = f.reshape(nz, nfy * g, nfx * g)
+    return f[:, ya - fy0 * g : yb - fy0 * g, xa - fx0 * g : xb - fx0 * g]
+
+
+def _render_chunk(sl: _Slab, za: int, zb: int, cy: int, cxa: int, cxb: int,
+                  gray: np.ndarray, labels: np.ndarray) -> None:
+    """Fill gray/labels for planes za..zb, grid row cy, grid columns cxa..cxb."""
+    cs = sl.cs
+    Z, Y, X = sl.shape
+    zs = np.arange(za, zb)
+    nz, ncx = zb - za, cxb - cxa
+
+    # Parameters of the 27 candidate seeds for every (plane, grid column).
+    tz = (zs // cs - sl.cz_org)[None, :, None] + _OFFSETS[:, 0, None, None]
+    ty = (cy + 1) + _OFFSETS[:, 1, None, None]
+    tx = np.arange(cxa + 1, cxb + 1)[None, None, :] + _OFFSETS[:, 2, None, None]
+    P = sl.params[tz, ty, tx]  # (27, nz, ncx, 6)
+    sz, sy, sx, wz, wy, wx = np.moveaxis(P, -1, 0)
+
+    z = zs.astype(np.float64)[None, :, None]
+    y = (cy * cs + np.arange(cs)).astype(np.float64)[None, None, :, None]
+    x = (cxa * cs + np.arange(ncx * cs)).reshape(ncx, cs).astype(np.float64)
+    dzy = wz * (z - sz) ** 2
+    dzy = (dzy[:, :, None, :] + wy[:, :, None, :] * (y - sy[:, :, None, :]) ** 2)
+    dzy = dzy.astype(np.float32)[..., None]  # (27, nz, cs, ncx, 1)
+    dx = (wx[..., None] * (x - sx[..., None]) ** 2).astype(np.float32)[:, :, None]  # (27, nz, 1, ncx, cs)
+
+    # Running best / second best over the 27 candidates.  Distances are >= 0,
+    # so their float32 bit patterns order like int32; the candidate number
+    # rides in the 5 low mantissa bits (relative error 2**-18, harmless).
+    full = (nz, cs, ncx, cs)
+    d = np.empty(full, np.float32)
+    di = d.view(np.int32)
+    b1 = np.empty(full, np.int32)
+    b2 = np.full(full, np.iinfo(np.int32).max, np.int32)
+    t = np.empty(full, np.int32)
+    for j in range(len(_OFFSETS)):
+        np.add(dzy[j], dx[j], out=d)
+        np.bitwise_and(di, ~31, out=di)
+        np.bitwise_or(di, j, out=di)
+        if j == 0:
+            b1, di = di, b1  # b1 takes the buffer; reuse the old one for d
+            d = di.view(np.float32)
+        else:
+            np.maximum(b1, di, out=t)
+            np.minimum(b2, t, out=b2)
+            np.minimum(b1, di, out=b1)
+
+    # Per-cell lookups: table laid out (plane, column, candidate[32]).
+    base = ((np.arange(nz)[:, None] * ncx + np.arange(ncx)[None, :]) << 5).astype(np.int32)
+    idx = np.bitwise_and(b1, 31, out=t)
+    np.bitwise_or(idx, base[:, None, :, None], out=idx)
+
+    def table(a: np.ndarray) -> np.ndarray:
+        out = np.zeros((nz, ncx, 32), a.dtype)
+        out[:, :, : len(_OFFSETS)] = np.moveaxis(a[tz, ty, tx], 0, -1)
+        return out.ravel()
+
+    lab = table(sl.ids).take(idx)
+    g = table(sl.bright).take(idx)
+    rich = table(sl.rich).take(idx)
+
+    # Membrane: dark where sqrt(d2) - sqrt(d1) is small (the wall).
+    d1 = np.bitwise_and(b1, ~31, out=b1).view(np.float32)
+    d2 = np.bitwise_and(b2, ~31, out=b2).view(np.float32)
+    np.sqrt(d1, out=d1)
+    np.sqrt(d2, out=d2)
+    p = np.subtract(d2, d1, out=d2)
+    p *= np.float32(1 / _MEMBRANE_WIDTH)
+    p *= p
+    np.subtract(np.float32(1), p, out=p)
+    np.maximum(p, 0, out=p)
+
+    # Texture, then membrane on top, then noise.
+    g = g.reshape(nz, cs, ncx * cs)
+    ya, xa, xb = cy * cs, cxa * cs, cxb * cs
+    rich = rich.reshape(g.shape)
+    rich *= _blobs(sl, _VESICLES, zs, ya, ya + cs, xa, xb)
+    g -= rich
+    g -= _blobs(sl, _MITO, zs, ya, ya + cs, xa, xb)
+    p = p.reshape(g.shape)
+    m = np.subtract(np.float32(_MEMBRANE + 0.5), g, out=d1.reshape(g.shape))
+    m *= p
+    g += m
+    h = np.bitwise_xor(
+        (sl.hz[za - sl.z0 : zb - sl.z0, None] ^ sl.hy[None, ya : ya + cs])[..., None],
+        sl.hx[None, None, xa:xb],
+        out=t.view(np.uint32).reshape(g.shape),
+    )
+    h *= np.uint32(0x9E3779B1)
+    h >>= np.uint32(32 - _NOISE_TABLE_BITS)
+    g += sl.noise.take(h)
+    np.clip(g, 0, 255, out=g)
+
+    ny, nx = min(cs, Y - ya), min(xb, X) - xa
+    np.copyto(gray[za - sl.z0 : zb - sl.z0, ya : ya + ny, xa : xa + nx], g[:, :ny, :nx], casting="unsafe")
+    labels[za - sl.z0 : zb - sl.z0, ya : ya + ny, xa : xa + nx] = lab.reshape(g.shape)[:, :ny, :nx]
+
+
+def _check(shape_zyx: tuple[int, int, int], cell_size: int) -> tuple[int, int, int]:
+    shape = tuple(int(s) for s in shape_zyx)
+    if len(shape) != 3 or min(shape) < 1:
+        raise InvalidInputError(f"sample shape must be 3 positive sizes (z, y, x), got {shape_zyx!r}")
+    if not 4 <= int(cell_size) <= 4096:
+        raise InvalidInputError(f"cell_size must be in 4..4096, got {cell_size!r}")
+    if max(-(-s // int(cell_size)) for s in shape) + 2 >= 1 << _AXIS_BITS:
+        raise InvalidInputError(f"sample shape {shape} too large for cell_size {cell_size}")
+    return shape  # type: ignore[return-value]
+
+
+def sample_slab(shape_zyx: tuple[int, int, int], z0: int, z1: int, seed: int = 0,
+                cell_size: int = 24, *, workers: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Return (gray uint8 [z1-z0, Y, X], labels uint64 [z1-z0, Y, X]) for planes z0..z1.
+
+    Identical to ``make_sample(shape_zyx, seed, cell_size)[i][z0:z1]``: every
+    voxel depends only on its global coordinate, ``seed`` and ``cell_size``,
+    so slabs can be made in any order, in parallel, or in other processes.
+    ``shape_zyx[0]`` only bounds z0/z1; Y and X matter only as output size.
+    ``workers`` threads split the slab (numpy releases the GIL); default is
+    the CPU count.  Peak memory is the outputs (9 bytes/voxel) plus a few MB.
+    """
+    shape = _check(shape_zyx, cell_size)
+    z0, z1, cs = int(z0), int(z1), int(cell_size)
+    if not 0 <= z0 <= z1 <= shape[0]:
+        raise InvalidInputError(f"slab z range {z0}..{z1} outside 0..{shape[0]}")
+    gray = np.empty((z1 - z0,) + shape[1:], np.uint8)
+    labels = np.empty((z1 - z0,) + shape[1:], np.uint64)
+    if z0 == z1:
+        return gray, labels
+    sl = _Slab(shape, z0, z1, int(seed) & _M64, cs)
+
+    # Chunks: <= cs planes (never crossing a grid layer is not needed, but
+    # keeps the candidate tables small), one grid row, a few grid columns.
+    xcells = max(1, min(sl.ncx, _CHUNK_VOXELS // (cs * cs * min(cs, z1 - z0))))
+    jobs = [
+        (za, min(za + cs, z1), cy, cxa, min(cxa + xcells, sl.ncx))
+        for za in range(z0, z1, cs)
+        for cy in range(sl.ncy)
+        for cxa in range(0, sl.ncx, xcells)
+    ]
+    workers = workers or os.cpu_count() or 1
+    if workers == 1 or len(jobs) == 1:
+        for job in jobs:
+            _render_chunk(sl, *job, gray, labels)
+    else:
+        with ThreadPoolExecutor(workers) as pool:
+            for _ in pool.map(lambda job: _render_chunk(sl, *job, gray, labels), jobs):
+                pass  # propagate exceptions
+    return gray, labels
+
+
+def iter_sample(shape_zyx: tuple[int, int, int], seed: int = 0, cell_size: int = 24,
+                slab: int = 64, *, workers: int | None = None) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+    """Yield (z0, gray_slab, label_slab) top to bottom.
+
+    Streams a volume too big to hold (1024**3 is 1 GiB gray + 8 GiB labels):
+    only one slab (9 bytes/voxel) is alive at a time.
+    """
+    shape = _check(shape_zyx, cell_size)
+    if slab < 1:
+        raise InvalidInputError(f"slab must be >= 1, got {slab}")
+    for z0 in range(0, shape[0], slab):
+        z1 = min(z0 + slab, shape[0])
+        yield (z0, *sample_slab(shape, z0, z1, seed, cell_size, workers=workers))
+
+
+def make_sample(shape_zyx: tuple[int, int, int], seed: int = 0, cell_size: int = 24,
+                slab: int = 64, progress: bool = False, *,
+                workers: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Whole volume (gray uint8, labels uint64), built slab by slab.
+
+    ``progress`` shows a tqdm bar (slabs); handy for big volumes from the CLI.
+    """
+    shape = _check(shape_zyx, cell_size)
+    gray = np.empty(shape, np.uint8)
+    labels = np.empty(shape, np.uint64)
+    it = iter_sample(shape, seed, cell_size, slab, workers=workers)
+    if progress:
+        from tqdm import tqdm
+
+        it = tqdm(it, total=-(-shape[0] // slab), unit="slab", desc="sample")
+    for z0, g, lab in it:
+        gray[z0 : z0 + len(g)] = g
+        labels[z0 : z0 + len(g)] = lab
+    return gray, labels
