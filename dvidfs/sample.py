@@ -55,9 +55,7 @@ _MEMBRANE_WIDTH = 2.6  # in units of sqrt(d2) - sqrt(d1) ~ 2x distance to the wa
 _VESICLE_DARK = 80.0  # max darkening by vesicles in the richest cells
 _NOISE_SIGMA = 11.0
 
-# Blob kinds: (stream, grid_yx, grid_z, r_min, r_max, z_elongation, prob, amp).
-# One candidate blob per blob-grid cell, kept strictly inside it, so a voxel
-# only ever looks at its own blob-grid cell.
+# Blob kinds (see _Blobs): (stream, grid_yx, grid_z, r_min, r_max, z_elongation, prob, amp).
 _VESICLES = (100, 5, 5, 1.2, 2.0, 1.0, 0.7, 2.0)  # amp scaled per cell below
 _MITO = (200, 16, 24, 3.0, 6.0, 1.8, 0.3, 100.0)
 
@@ -101,6 +99,12 @@ def _hash(seed: int, stream: int, *coords: np.ndarray) -> np.ndarray:
 def _unit(h: np.ndarray) -> np.ndarray:
     """uint64 hash -> float64 uniform in [0, 1)."""
     return (h >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))
+
+
+def _units16(h: np.ndarray) -> list[np.ndarray]:
+    """Four uniforms in [0, 1) (16-bit resolution) from one uint64 hash: cheap
+    when a table needs several random parameters per entry."""
+    return [((h >> np.uint64(16 * i)) & np.uint64(0xFFFF)).astype(np.float64) / 65536.0 for i in range(4)]
 
 
 def _cell_ids(seed: int, cz: np.ndarray, cy: np.ndarray, cx: np.ndarray) -> np.ndarray:
@@ -162,73 +166,96 @@ class _Slab:
         self.hy = (_hash(seed, 22, np.arange(self.ncy * cs)) >> np.uint64(32)).astype(np.uint32)
         self.hx = (_hash(seed, 23, np.arange(self.ncx * cs)) >> np.uint64(32)).astype(np.uint32)
         self.z0 = z0
+        self.vesicles = _Blobs(_VESICLES, seed, z0, z1, self.ncy * cs, self.ncx * cs)
+        self.mito = _Blobs(_MITO, seed, z0, z1, self.ncy * cs, self.ncx * cs)
 
 
-def _blobs(sl: _Slab, kind: tuple, zs: np.ndarray, ya: int, yb: int, xa: int, xb: int) -> np.ndarray:
-    """Darkening (>= 0, float32, shape (nz, yb-ya, xb-xa)) from one blob kind.
+class _Blobs:
+    """One blob kind (vesicles or mitochondria) for a slab.
 
-    Computed on the enclosing blob-grid-aligned box, laid out as
-    (z, y_cell, y_in, x_cell, x_in) so only two full-size ops are needed
-    (an add and a max); the z/y/x terms live at blob-grid resolution.
+    One candidate blob per blob-grid cell, kept strictly inside it, so a
+    voxel only ever looks at its own blob-grid cell.  Blob parameters are
+    hashed once per slab; `field` then costs two full-size ops per chunk.
     """
-    stream, g, gz, rmin, rmax, elong, prob, amp = kind
-    fy0, fy1 = ya // g, -(-yb // g)
-    fx0, fx1 = xa // g, -(-xb // g)
-    fz = zs // gz
-    FZ = np.arange(fz[0], fz[-1] + 1)[:, None, None]
-    FY = np.arange(fy0, fy1)[None, :, None]
-    FX = np.arange(fx0, fx1)[None, None, :]
 
-    def u(i: int) -> np.ndarray:
-        return _unit(_hash(sl.seed, stream + i, FZ, FY, FX))[fz - fz[0]]  # -> per plane
+    def __init__(self, kind: tuple, seed: int, z0: int, z1: int, Y: int, X: int):
+        stream, g, gz, rmin, rmax, elong, prob, amp = kind
+        self.g, self.gz = g, gz
+        self.fz0 = z0 // gz
+        FZ = np.arange(self.fz0, (z1 - 1) // gz + 1)[:, None, None]
+        FY = np.arange(-(-Y // g))[None, :, None]
+        FX = np.arange(-(-X // g))[None, None, :]
+        u = _units16(_hash(seed, stream, FZ, FY, FX)) + _units16(_hash(seed, stream + 1, FZ, FY, FX))
+        r = rmin + (rmax - rmin) * u[0]
+        rz = r * elong
+        a = np.where(u[1] < prob, amp * (0.6 + 0.4 * u[2]), 0.0)
+        # per blob cell: centre z, y, x; a; a / r^2 (y, x); a / rz^2 (z)
+        self.table = np.stack(
+            [
+                FZ * gz + rz + (gz - 2 * rz) * u[3],
+                FY * g + r + (g - 2 * r) * u[4],
+                FX * g + r + (g - 2 * r) * u[5],
+                a,
+                a / r**2,
+                a / rz**2,
+            ],
+            axis=-1,
+        )
 
-    r = rmin + (rmax - rmin) * u(0)
-    rz = r * elong
-    a = np.where(u(1) < prob, amp * (0.6 + 0.4 * u(2)), 0.0)
-    pz = FZ[fz - fz[0]] * gz + rz + (gz - 2 * rz) * u(3)
-    py = FY * g + r + (g - 2 * r) * u(4)
-    px = FX * g + r + (g - 2 * r) * u(5)
+    def field(self, zs: np.ndarray, ya: int, yb: int, xa: int, xb: int) -> np.ndarray:
+        """Darkening (>= 0, float32, shape (len(zs), yb-ya, xb-xa)), a view.
 
-    nz, nfy, nfx = len(zs), fy1 - fy0, fx1 - fx0
-    z = zs.astype(np.float64)[:, None, None]
-    y = (fy0 * g + np.arange(nfy * g)).reshape(1, nfy, g, 1).astype(np.float64)
-    x = (fx0 * g + np.arange(nfx * g)).reshape(1, 1, nfx, g).astype(np.float64)
-    # a * (1 - q), q = ellipsoid radius^2, split into a (z, y) part and an x part
-    zy = a - a * ((z - pz) / rz) ** 2
-    zy = zy[:, :, None, :] - (a / r**2)[:, :, None, :] * (y - py[:, :, None, :]) ** 2
-    xx = -(a / r**2)[..., None] * (x - px[..., None]) ** 2
-    f = zy.astype(np.float32)[..., None] + xx.astype(np.float32)[:, :, None]
-    np.maximum(f, 0, out=f)
-    f = f.reshape(nz, nfy * g, nfx * g)
-    return f[:, ya - fy0 * g : yb - fy0 * g, xa - fx0 * g : xb - fx0 * g]
+        Computed on the enclosing blob-grid-aligned box laid out as
+        (z, y_cell, y_in, x_cell, x_in): the z/y/x terms of a * (1 - q), q the
+        ellipsoid radius^2, live at blob-grid resolution; only the final add
+        and the max(0) are full size.
+        """
+        g = self.g
+        fy0, fy1 = ya // g, -(-yb // g)
+        fx0, fx1 = xa // g, -(-xb // g)
+        T = self.table[zs // self.gz - self.fz0, fy0:fy1, fx0:fx1]  # (nz, nfy, nfx, 6)
+        pz, py, px, a, c, cz = np.moveaxis(T, -1, 0)
+        nz, nfy, nfx = T.shape[:3]
+        z = zs.astype(np.float64)[:, None, None]
+        y = (fy0 * g + np.arange(nfy * g)).reshape(1, nfy, g, 1).astype(np.float64)
+        x = (fx0 * g + np.arange(nfx * g)).reshape(1, 1, nfx, g).astype(np.float64)
+        zy = (a - cz * (z - pz) ** 2)[:, :, None, :] - c[:, :, None, :] * (y - py[:, :, None, :]) ** 2
+        xx = c[..., None] * (x - px[..., None]) ** 2
+        f = np.subtract(zy.astype(np.float32)[..., None], xx.astype(np.float32)[:, :, None])
+        np.maximum(f, 0, out=f)
+        f = f.reshape(nz, nfy * g, nfx * g)
+        return f[:, ya - fy0 * g : yb - fy0 * g, xa - fx0 * g : xb - fx0 * g]
 
 
 def _render_chunk(sl: _Slab, za: int, zb: int, cy: int, cxa: int, cxb: int,
                   gray: np.ndarray, labels: np.ndarray) -> None:
-    """Fill gray/labels for planes za..zb, grid row cy, grid columns cxa..cxb."""
+    """Fill gray/labels (slab arrays) for planes za..zb of one grid layer,
+    grid row cy, grid columns cxa..cxb."""
     cs = sl.cs
     Z, Y, X = sl.shape
-    zs = np.arange(za, zb)
     nz, ncx = zb - za, cxb - cxa
+    zs = np.arange(za, zb)
 
-    # Parameters of the 27 candidate seeds for every (plane, grid column).
-    tz = (zs // cs - sl.cz_org)[None, :, None] + _OFFSETS[:, 0, None, None]
-    ty = (cy + 1) + _OFFSETS[:, 1, None, None]
-    tx = np.arange(cxa + 1, cxb + 1)[None, None, :] + _OFFSETS[:, 2, None, None]
-    P = sl.params[tz, ty, tx]  # (27, nz, ncx, 6)
-    sz, sy, sx, wz, wy, wx = np.moveaxis(P, -1, 0)
+    # The 27 candidate seeds of every grid column: (27, ncx) parameters.
+    tz = za // cs - sl.cz_org + _OFFSETS[:, 0, None]
+    ty = cy + 1 + _OFFSETS[:, 1, None]
+    tx = np.arange(cxa + 1, cxb + 1)[None, :] + _OFFSETS[:, 2, None]
+    sz, sy, sx, wz, wy, wx = np.moveaxis(sl.params[tz, ty, tx], -1, 0)
 
+    # Weighted squared distance = z term + y term + x term, each at grid
+    # resolution; layout (z, y, x_cell, x_in) so one full-size add joins them.
     z = zs.astype(np.float64)[None, :, None]
-    y = (cy * cs + np.arange(cs)).astype(np.float64)[None, None, :, None]
-    x = (cxa * cs + np.arange(ncx * cs)).reshape(ncx, cs).astype(np.float64)
-    dzy = wz * (z - sz) ** 2
-    dzy = (dzy[:, :, None, :] + wy[:, :, None, :] * (y - sy[:, :, None, :]) ** 2)
-    dzy = dzy.astype(np.float32)[..., None]  # (27, nz, cs, ncx, 1)
-    dx = (wx[..., None] * (x - sx[..., None]) ** 2).astype(np.float32)[:, :, None]  # (27, nz, 1, ncx, cs)
+    y = (cy * cs + np.arange(cs)).astype(np.float64)[None, :, None]
+    x = (cxa * cs + np.arange(ncx * cs)).reshape(1, ncx, cs).astype(np.float64)
+    dz = (wz[:, None] * (z - sz[:, None]) ** 2).astype(np.float32)  # (27, nz, ncx)
+    dy = (wy[:, None] * (y - sy[:, None]) ** 2).astype(np.float32)  # (27, cs, ncx)
+    dzy = (dz[:, :, None] + dy[:, None])[..., None]  # (27, nz, cs, ncx, 1)
+    dx = (wx[..., None] * (x - sx[..., None]) ** 2).astype(np.float32)  # (27, ncx, cs)
 
     # Running best / second best over the 27 candidates.  Distances are >= 0,
     # so their float32 bit patterns order like int32; the candidate number
-    # rides in the 5 low mantissa bits (relative error 2**-18, harmless).
+    # rides in the 5 low mantissa bits (relative error 2**-18, harmless), so
+    # the update is three int32 min/max with no masks.
     full = (nz, cs, ncx, cs)
     d = np.empty(full, np.float32)
     di = d.view(np.int32)
@@ -247,23 +274,27 @@ def _render_chunk(sl: _Slab, za: int, zb: int, cy: int, cxa: int, cxb: int,
             np.minimum(b2, t, out=b2)
             np.minimum(b1, di, out=b1)
 
-    # Per-cell lookups: table laid out (plane, column, candidate[32]).
-    base = ((np.arange(nz)[:, None] * ncx + np.arange(ncx)[None, :]) << 5).astype(np.int32)
+    # Per-cell values of the winner: tables laid out (column, candidate[32]).
     idx = np.bitwise_and(b1, 31, out=t)
-    np.bitwise_or(idx, base[:, None, :, None], out=idx)
+    idx |= (np.arange(ncx, dtype=np.int32) << 5)[:, None]
 
     def table(a: np.ndarray) -> np.ndarray:
-        out = np.zeros((nz, ncx, 32), a.dtype)
-        out[:, :, : len(_OFFSETS)] = np.moveaxis(a[tz, ty, tx], 0, -1)
+        out = np.zeros((ncx, 32), a.dtype)
+        out[:, : len(_OFFSETS)] = a[tz, ty, tx].T
         return out.ravel()
 
-    lab = table(sl.ids).take(idx)
+    shape = (nz, cs, ncx * cs)
+    idx = idx.reshape(shape)
+    ya, xa, xb = cy * cs, cxa * cs, cxb * cs
+    ny, nx = min(cs, Y - ya), min(xb, X) - xa
+    out = np.s_[za - sl.z0 : zb - sl.z0, ya : ya + ny, xa : xa + nx]
+    table(sl.ids).take(idx[:, :ny, :nx], out=labels[out], mode="clip")
     g = table(sl.bright).take(idx)
     rich = table(sl.rich).take(idx)
 
-    # Membrane: dark where sqrt(d2) - sqrt(d1) is small (the wall).
-    d1 = np.bitwise_and(b1, ~31, out=b1).view(np.float32)
-    d2 = np.bitwise_and(b2, ~31, out=b2).view(np.float32)
+    # Membrane: dark where sqrt(d2) - sqrt(d1) is small (near the wall).
+    d1 = np.bitwise_and(b1, ~31, out=b1).view(np.float32).reshape(shape)
+    d2 = np.bitwise_and(b2, ~31, out=b2).view(np.float32).reshape(shape)
     np.sqrt(d1, out=d1)
     np.sqrt(d2, out=d2)
     p = np.subtract(d2, d1, out=d2)
@@ -272,30 +303,23 @@ def _render_chunk(sl: _Slab, za: int, zb: int, cy: int, cxa: int, cxb: int,
     np.subtract(np.float32(1), p, out=p)
     np.maximum(p, 0, out=p)
 
-    # Texture, then membrane on top, then noise.
-    g = g.reshape(nz, cs, ncx * cs)
-    ya, xa, xb = cy * cs, cxa * cs, cxb * cs
-    rich = rich.reshape(g.shape)
-    rich *= _blobs(sl, _VESICLES, zs, ya, ya + cs, xa, xb)
+    # Texture, then the membrane drawn over it, then noise.
+    rich *= sl.vesicles.field(zs, ya, ya + cs, xa, xb)
     g -= rich
-    g -= _blobs(sl, _MITO, zs, ya, ya + cs, xa, xb)
-    p = p.reshape(g.shape)
-    m = np.subtract(np.float32(_MEMBRANE + 0.5), g, out=d1.reshape(g.shape))
+    g -= sl.mito.field(zs, ya, ya + cs, xa, xb)
+    m = np.subtract(np.float32(_MEMBRANE + 0.5), g, out=d1)
     m *= p
     g += m
     h = np.bitwise_xor(
         (sl.hz[za - sl.z0 : zb - sl.z0, None] ^ sl.hy[None, ya : ya + cs])[..., None],
         sl.hx[None, None, xa:xb],
-        out=t.view(np.uint32).reshape(g.shape),
+        out=idx.view(np.uint32),
     )
     h *= np.uint32(0x9E3779B1)
     h >>= np.uint32(32 - _NOISE_TABLE_BITS)
     g += sl.noise.take(h)
     np.clip(g, 0, 255, out=g)
-
-    ny, nx = min(cs, Y - ya), min(xb, X) - xa
-    np.copyto(gray[za - sl.z0 : zb - sl.z0, ya : ya + ny, xa : xa + nx], g[:, :ny, :nx], casting="unsafe")
-    labels[za - sl.z0 : zb - sl.z0, ya : ya + ny, xa : xa + nx] = lab.reshape(g.shape)[:, :ny, :nx]
+    np.copyto(gray[out], g[:, :ny, :nx], casting="unsafe")
 
 
 def _check(shape_zyx: tuple[int, int, int], cell_size: int) -> tuple[int, int, int]:
@@ -309,6 +333,32 @@ def _check(shape_zyx: tuple[int, int, int], cell_size: int) -> tuple[int, int, i
     return shape  # type: ignore[return-value]
 
 
+def _fill(shape: tuple[int, int, int], z0: int, z1: int, seed: int, cs: int,
+          gray: np.ndarray, labels: np.ndarray, workers: int | None) -> None:
+    """Render planes z0..z1 into gray/labels (each [z1-z0, Y, X], C-contiguous)."""
+    if z0 == z1:
+        return
+    sl = _Slab(shape, z0, z1, seed & _M64, cs)
+    # Chunks stay inside one grid layer (so seed terms don't vary with z) and
+    # hold ~_CHUNK_VOXELS voxels: one grid row, a few grid columns.
+    jobs = []
+    for za in range(z0, z1):
+        if za != z0 and za % cs:
+            continue
+        zb = min(z1, (za // cs + 1) * cs)
+        xcells = max(1, min(sl.ncx, _CHUNK_VOXELS // (cs * cs * (zb - za))))
+        jobs += [(za, zb, cy, cxa, min(cxa + xcells, sl.ncx))
+                 for cy in range(sl.ncy) for cxa in range(0, sl.ncx, xcells)]
+    workers = min(len(jobs), workers or os.cpu_count() or 1)
+    if workers == 1:
+        for job in jobs:
+            _render_chunk(sl, *job, gray, labels)
+    else:
+        with ThreadPoolExecutor(workers) as pool:
+            for _ in pool.map(lambda job: _render_chunk(sl, *job, gray, labels), jobs):
+                pass  # re-raises worker exceptions
+
+
 def sample_slab(shape_zyx: tuple[int, int, int], z0: int, z1: int, seed: int = 0,
                 cell_size: int = 24, *, workers: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Return (gray uint8 [z1-z0, Y, X], labels uint64 [z1-z0, Y, X]) for planes z0..z1.
@@ -316,37 +366,17 @@ def sample_slab(shape_zyx: tuple[int, int, int], z0: int, z1: int, seed: int = 0
     Identical to ``make_sample(shape_zyx, seed, cell_size)[i][z0:z1]``: every
     voxel depends only on its global coordinate, ``seed`` and ``cell_size``,
     so slabs can be made in any order, in parallel, or in other processes.
-    ``shape_zyx[0]`` only bounds z0/z1; Y and X matter only as output size.
     ``workers`` threads split the slab (numpy releases the GIL); default is
-    the CPU count.  Peak memory is the outputs (9 bytes/voxel) plus a few MB.
+    the CPU count -- pass 1 if you parallelise over slabs yourself.  Memory is
+    the outputs (9 bytes/voxel) plus a few MB per worker.
     """
     shape = _check(shape_zyx, cell_size)
-    z0, z1, cs = int(z0), int(z1), int(cell_size)
+    z0, z1 = int(z0), int(z1)
     if not 0 <= z0 <= z1 <= shape[0]:
         raise InvalidInputError(f"slab z range {z0}..{z1} outside 0..{shape[0]}")
     gray = np.empty((z1 - z0,) + shape[1:], np.uint8)
     labels = np.empty((z1 - z0,) + shape[1:], np.uint64)
-    if z0 == z1:
-        return gray, labels
-    sl = _Slab(shape, z0, z1, int(seed) & _M64, cs)
-
-    # Chunks: <= cs planes (never crossing a grid layer is not needed, but
-    # keeps the candidate tables small), one grid row, a few grid columns.
-    xcells = max(1, min(sl.ncx, _CHUNK_VOXELS // (cs * cs * min(cs, z1 - z0))))
-    jobs = [
-        (za, min(za + cs, z1), cy, cxa, min(cxa + xcells, sl.ncx))
-        for za in range(z0, z1, cs)
-        for cy in range(sl.ncy)
-        for cxa in range(0, sl.ncx, xcells)
-    ]
-    workers = workers or os.cpu_count() or 1
-    if workers == 1 or len(jobs) == 1:
-        for job in jobs:
-            _render_chunk(sl, *job, gray, labels)
-    else:
-        with ThreadPoolExecutor(workers) as pool:
-            for _ in pool.map(lambda job: _render_chunk(sl, *job, gray, labels), jobs):
-                pass  # propagate exceptions
+    _fill(shape, z0, z1, int(seed), int(cell_size), gray, labels, workers)
     return gray, labels
 
 
@@ -355,32 +385,34 @@ def iter_sample(shape_zyx: tuple[int, int, int], seed: int = 0, cell_size: int =
     """Yield (z0, gray_slab, label_slab) top to bottom.
 
     Streams a volume too big to hold (1024**3 is 1 GiB gray + 8 GiB labels):
-    only one slab (9 bytes/voxel) is alive at a time.
+    only the current slab (9 bytes/voxel; 576 MiB for 64 x 1024^2) is alive.
     """
     shape = _check(shape_zyx, cell_size)
     if slab < 1:
         raise InvalidInputError(f"slab must be >= 1, got {slab}")
     for z0 in range(0, shape[0], slab):
-        z1 = min(z0 + slab, shape[0])
-        yield (z0, *sample_slab(shape, z0, z1, seed, cell_size, workers=workers))
+        yield (z0, *sample_slab(shape, z0, min(z0 + slab, shape[0]), seed, cell_size, workers=workers))
 
 
 def make_sample(shape_zyx: tuple[int, int, int], seed: int = 0, cell_size: int = 24,
                 slab: int = 64, progress: bool = False, *,
                 workers: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Whole volume (gray uint8, labels uint64), built slab by slab.
+    """Whole volume (gray uint8, labels uint64), rendered slab by slab in place.
 
-    ``progress`` shows a tqdm bar (slabs); handy for big volumes from the CLI.
+    ``progress`` shows a tqdm bar over slabs, for big volumes from the CLI.
+    The label volume is 8 bytes/voxel: for 1024^3 use `iter_sample` instead.
     """
     shape = _check(shape_zyx, cell_size)
+    if slab < 1:
+        raise InvalidInputError(f"slab must be >= 1, got {slab}")
     gray = np.empty(shape, np.uint8)
     labels = np.empty(shape, np.uint64)
-    it = iter_sample(shape, seed, cell_size, slab, workers=workers)
+    starts = range(0, shape[0], slab)
     if progress:
         from tqdm import tqdm
 
-        it = tqdm(it, total=-(-shape[0] // slab), unit="slab", desc="sample")
-    for z0, g, lab in it:
-        gray[z0 : z0 + len(g)] = g
-        labels[z0 : z0 + len(g)] = lab
+        starts = tqdm(starts, unit="slab", desc="sample")
+    for z0 in starts:
+        z1 = min(z0 + slab, shape[0])
+        _fill(shape, z0, z1, int(seed), int(cell_size), gray[z0:z1], labels[z0:z1], workers)
     return gray, labels

@@ -55,6 +55,8 @@ def _as_buffer(data) -> memoryview:
     except TypeError:
         raise InvalidInputError(
             f"sparse volume must be bytes, not {type(data).__name__}") from None
+    if not mv.c_contiguous:
+        mv = memoryview(mv.tobytes())
     return mv.cast("B") if mv.format != "B" or mv.ndim != 1 else mv
 
 

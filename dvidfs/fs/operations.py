@@ -144,7 +144,7 @@ class DvidOperations(pyfuse3.Operations):
         ea = pyfuse3.EntryAttributes()
         if a.kind == "dir":
             ea.st_mode = stat.S_IFDIR | (0o755 if a.writable else 0o555)
-            ea.st_nlink = 2
+            ea.st_nlink = 1  # "unknown": no find(1) leaf optimisation
         elif a.kind == "link":
             ea.st_mode = stat.S_IFLNK | 0o777
             ea.st_nlink = 1
@@ -225,9 +225,8 @@ class DvidOperations(pyfuse3.Operations):
         e = self._entry(inode)
         listing = await self._run(self.tree.list, e)
         items = [(n, self._ino(c), a) for n, c, a in listing]
-        if e.kind == "plane":
-            items += [(n, s.ino, None) for (p, n), s in self.scratch.items() if p == e]
-            items.sort(key=lambda t: t[0])
+        if e.kind == "plane":  # temp files (rsync, editors) after the slices
+            items += sorted((n, s.ino, None) for (p, n), s in self.scratch.items() if p == e)
         fh = self._fh()
         self.dir_handles[fh] = items
         return fh
@@ -289,8 +288,11 @@ class DvidOperations(pyfuse3.Operations):
             return pyfuse3.FileInfo(fh=fh, direct_io=True)
         data = await self._content(e)
         self.handles[fh] = Handle(e, inode, data)
-        immutable = self.tree.db.nodes[e.uuid].locked
-        return pyfuse3.FileInfo(fh=fh, keep_cache=immutable)
+        if self.tree.db.nodes[e.uuid].locked:
+            return pyfuse3.FileInfo(fh=fh, keep_cache=True)
+        # Open node: a concurrent writer's O_TRUNC shrinks the kernel's idea of the
+        # size; direct_io makes reads return this handle's whole, consistent bytes.
+        return pyfuse3.FileInfo(fh=fh, direct_io=True)
 
     async def _content(self, e: Entry) -> bytes:
         if e in self.pending_slices:

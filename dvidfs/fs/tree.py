@@ -180,10 +180,11 @@ class Tree:
         fixed = PLANE_AXES[e.plane][0]
         w, h = plane_dims(ext, e.plane)
         attr = Attr("file", png_size(w, h), not node.locked, self._mtime(node), node.locked)
-        coords = range(ext.lo[fixed], ext.hi[fixed])
-        return sorted(((slice_name(c), Entry("slice", repo=e.repo, uuid=e.uuid, data=e.data,
-                                             plane=e.plane, coord=c), attr) for c in coords),
-                      key=lambda t: t[0])
+        # Coordinate order (not name order): `ls -U`, `find`, os.listdir and
+        # Fiji's virtual stack see slices in z order even where names are negative.
+        return [(slice_name(c), Entry("slice", repo=e.repo, uuid=e.uuid, data=e.data,
+                                      plane=e.plane, coord=c), attr)
+                for c in range(ext.lo[fixed], ext.hi[fixed])]
 
     # ---------------------------------------------------------------- attributes
     def _mtime(self, node: Node) -> float:

@@ -1,0 +1,342 @@
+"""DVID compressed label block: byte vectors from the spec, round trips, DVID-style
+reference encoder/decoder (plain Python, first-seen label order), malformed input."""
+from __future__ import annotations
+
+import struct
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from dvidfs.errors import InvalidInputError
+from dvidfs.formats import labelblock
+from dvidfs.formats.labelblock import bits_for, block_labels, decode_label_block, encode_label_block
+
+U64_MAX = 2**64 - 1
+
+
+# ----------------------------------------------------------------------------- reference (slow)
+
+def ref_encode(vol: np.ndarray) -> bytes:
+    """Straight port of DVID's encodeBlock logic: per-sub-block labels in first-seen
+    order, block label list in first-seen order over sub-blocks.  Always writes the
+    full form (even for one label, like DVID's MakeBlock)."""
+    nz, ny, nx = vol.shape
+    gz, gy, gx = nz // 8, ny // 8, nx // 8
+    block_list: list[int] = []
+    block_pos: dict[int, int] = {}
+    counts, indices, values = [], [], bytearray()
+    for sz in range(gz):
+        for sy in range(gy):
+            for sx in range(gx):
+                sub = vol[sz * 8:sz * 8 + 8, sy * 8:sy * 8 + 8, sx * 8:sx * 8 + 8].ravel().tolist()
+                pal: dict[int, int] = {}
+                for v in sub:
+                    pal.setdefault(v, len(pal))
+                for v in pal:
+                    if v not in block_pos:
+                        block_pos[v] = len(block_list)
+                        block_list.append(v)
+                counts.append(len(pal))
+                indices.extend(block_pos[v] for v in pal)
+                bits = bits_for(len(pal))
+                if bits:
+                    acc = "".join(format(pal[v], f"0{bits}b") for v in sub)
+                    acc += "0" * (-len(acc) % 8)
+                    values += int(acc, 2).to_bytes(len(acc) // 8, "big")
+    return (struct.pack("<4I", gx, gy, gz, len(block_list))
+            + struct.pack(f"<{len(block_list)}Q", *block_list)
+            + struct.pack(f"<{len(counts)}H", *counts)
+            + struct.pack(f"<{len(indices)}I", *indices)
+            + bytes(values))
+
+
+def ref_decode(data: bytes) -> np.ndarray:
+    """Port of DVID's MakeLabelVolume + getPackedValue (bit by bit)."""
+    gx, gy, gz, n = struct.unpack_from("<4I", data, 0)
+    labels = struct.unpack_from(f"<{n}Q", data, 16)
+    out = np.zeros((gz * 8, gy * 8, gx * 8), dtype=np.uint64)
+    if n == 1:
+        out[:] = labels[0]
+        return out
+    pos = 16 + 8 * n
+    nsb = gx * gy * gz
+    counts = struct.unpack_from(f"<{nsb}H", data, pos)
+    pos += 2 * nsb
+    idx = struct.unpack_from(f"<{sum(counts)}I", data, pos)
+    pos += 4 * sum(counts)
+    bitstr = "".join(format(b, "08b") for b in data[pos:])
+    bitpos = 0
+    ipos = 0
+    sb = 0
+    for sz in range(gz):
+        for sy in range(gy):
+            for sx in range(gx):
+                c = counts[sb]
+                sbl = [labels[idx[ipos + i]] for i in range(c)]
+                ipos += c
+                bits = bits_for(c)
+                for z in range(8):
+                    for y in range(8):
+                        for x in range(8):
+                            if c == 0:
+                                v = 0
+                            elif c == 1:
+                                v = sbl[0]
+                            else:
+                                v = sbl[int(bitstr[bitpos:bitpos + bits], 2)]
+                                bitpos += bits
+                            out[sz * 8 + z, sy * 8 + y, sx * 8 + x] = v
+                bitpos += -bitpos % 8
+                sb += 1
+    return out
+
+
+# ----------------------------------------------------------------------------- generators
+
+def voronoi_block(shape, nseeds, rng, labels=None) -> np.ndarray:
+    """Each voxel gets the label of its nearest of ``nseeds`` random seed points."""
+    seeds = rng.uniform(0, max(shape), size=(nseeds, 3))
+    z, y, x = np.ogrid[:shape[0], :shape[1], :shape[2]]
+    best = np.full(shape, np.inf)
+    nearest = np.zeros(shape, dtype=np.int64)
+    for i, (sz, sy, sx) in enumerate(seeds):
+        d = (z - sz) ** 2 + (y - sy) ** 2 + (x - sx) ** 2
+        closer = d < best
+        best[closer] = d[closer]
+        nearest[closer] = i
+    if labels is None:
+        labels = rng.integers(1, 2**63, size=nseeds, dtype=np.uint64)
+    return np.asarray(labels, dtype=np.uint64)[nearest]
+
+
+dims = st.sampled_from([8, 16, 24, 32, 40, 48, 56, 64])
+label_values = st.one_of(
+    st.integers(0, 20),
+    st.integers(0, U64_MAX),
+    st.sampled_from([0, 1, 2**32 - 1, 2**32, 2**63, U64_MAX - 1, U64_MAX]),
+)
+
+
+@st.composite
+def blocks(draw):
+    shape = (draw(dims), draw(dims), draw(dims))
+    pool = draw(st.lists(label_values, min_size=1, max_size=40, unique=True))
+    many = draw(st.booleans())
+    if many:   # up to hundreds of distinct labels per sub-block (9-bit values)
+        extra = draw(st.integers(0, 700))
+        pool = pool + [U64_MAX - i for i in range(extra)]
+    pool = np.array(sorted(set(pool)), dtype=np.uint64)
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    mode = draw(st.sampled_from(["random", "voronoi", "slabs", "solid-ish"]))
+    if mode == "random":
+        return pool[rng.integers(0, len(pool), size=shape)]
+    if mode == "voronoi":
+        nseeds = int(rng.integers(1, 30))
+        return voronoi_block(shape, nseeds, rng,
+                             labels=pool[rng.integers(0, len(pool), size=nseeds)])
+    if mode == "slabs":
+        return pool[(np.indices(shape)[draw(st.integers(0, 2))] // draw(st.integers(1, 9))) % len(pool)]
+    out = np.full(shape, pool[0], dtype=np.uint64)
+    out.flat[rng.integers(0, out.size, size=3)] = pool[-1]
+    return out
+
+
+# ----------------------------------------------------------------------------- hand-built vectors
+
+def test_two_label_vector_exact_bytes():
+    block = np.full((8, 8, 8), 9, dtype=np.uint64)
+    block[:, :, :4] = 7                      # x < 4 -> 7
+    expected = bytes.fromhex(
+        "01000000" "01000000" "01000000"     # gx gy gz
+        "02000000"                           # N = 2
+        "0700000000000000"                   # labels[0] = 7
+        "0900000000000000"                   # labels[1] = 9
+        "0200"                               # Ns[0] = 2
+        "00000000" "01000000"                # sub-block 0 indices -> labels 0, 1
+    ) + bytes([0b00001111]) * 64             # 1 bit/voxel, MSB first: x0..3 = 0, x4..7 = 1
+    assert encode_label_block(block) == expected
+    assert len(expected) == 16 + 16 + 2 + 8 + 64
+    out = decode_label_block(expected)
+    assert out.dtype == np.uint64 and out.shape == (8, 8, 8)
+    np.testing.assert_array_equal(out, block)
+    np.testing.assert_array_equal(block_labels(expected), [7, 9])
+
+
+def test_solid_block_is_24_bytes():
+    block = np.full((16, 8, 24), 2**64 - 2, dtype=np.uint64)
+    data = encode_label_block(block)
+    assert data == struct.pack("<4IQ", 3, 1, 2, 1, 2**64 - 2)
+    assert len(data) == 16 + 8
+    out = decode_label_block(data)
+    assert out.shape == (16, 8, 24) and out.dtype == np.uint64
+    assert (out == 2**64 - 2).all()
+    np.testing.assert_array_equal(block_labels(data), [2**64 - 2])
+
+
+def test_solid_block_with_trailing_subblock_data_like_dvid_makeblock():
+    # DVID's MakeBlock on a one-label volume writes N=1 and then the (unused)
+    # counts and indices; its reader ignores them, and so must we.
+    vol = np.full((16, 16, 16), 77, dtype=np.uint64)
+    data = ref_encode(vol)
+    assert struct.unpack_from("<I", data, 12)[0] == 1 and len(data) > 24
+    np.testing.assert_array_equal(decode_label_block(data), vol)
+
+
+def test_hand_built_unsorted_list_unused_label_and_empty_subblock():
+    # 8 x 8 x 24 block: gx=3 sub-blocks along x.
+    labels = [99, 0, 5, 42]                  # unsorted, label 0 is an unused placeholder
+    counts = [1, 3, 0]                       # sb0 solid, sb1 three labels (2 bits), sb2 unset
+    indices = [3,                            # sb0 -> 42
+               2, 0, 3]                      # sb1 values 0,1,2 -> 5, 99, 42
+    # sb1 values: z<2 -> 0 (5), 2<=z<6 -> 1 (99), z>=6 -> 2 (42); except the first byte
+    # (z=0,y=0,x=0..3) = 10 01 00 00 -> values 2, 1, 0, 0 (checks MSB-first order)
+    vals = bytearray([0x00] * 32 + [0x55] * 64 + [0xAA] * 32)
+    vals[0] = 0b10010000
+    data = (struct.pack("<4I", 3, 1, 1, len(labels)) + struct.pack("<4Q", *labels)
+            + struct.pack("<3H", *counts) + struct.pack("<4I", *indices) + bytes(vals))
+    out = decode_label_block(data)
+    assert out.shape == (8, 8, 24)
+    assert (out[:, :, 0:8] == 42).all()
+    sb1 = out[:, :, 8:16]
+    expected = np.zeros((8, 8, 8), dtype=np.uint64)
+    expected[:2] = 5
+    expected[2:6] = 99
+    expected[6:] = 42
+    expected[0, 0, :4] = [42, 99, 5, 5]
+    np.testing.assert_array_equal(sb1, expected)
+    assert (out[:, :, 16:24] == 0).all()          # Ns == 0 reads as 0
+    np.testing.assert_array_equal(block_labels(data), labels)
+    np.testing.assert_array_equal(ref_decode(data), out)
+    # re-encoding gives our canonical form of the same voxels
+    np.testing.assert_array_equal(decode_label_block(encode_label_block(out)), out)
+
+
+def test_bits_for():
+    assert [bits_for(n) for n in (0, 1, 2, 3, 4, 5, 8, 9, 16, 17, 256, 257, 512)] == \
+        [0, 0, 1, 2, 2, 3, 3, 4, 4, 5, 8, 9, 9]
+
+
+# ----------------------------------------------------------------------------- round trips
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(blocks())
+def test_round_trip(block):
+    data = encode_label_block(block)
+    out = decode_label_block(data)
+    assert out.dtype == np.uint64 and out.shape == block.shape
+    np.testing.assert_array_equal(out, block)
+    np.testing.assert_array_equal(block_labels(data), np.unique(block))
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.sampled_from([1, 2, 3, 5, 9, 17, 200, 512]),
+       st.sampled_from([(8, 8, 8), (16, 8, 16), (8, 16, 24)]))
+def test_matches_dvid_reference(seed, nlabels, shape):
+    rng = np.random.default_rng(seed)
+    pool = rng.integers(0, 2**64 - 1, size=nlabels, dtype=np.uint64, endpoint=True)
+    block = pool[rng.integers(0, nlabels, size=shape)]
+    k = min(4, nlabels)
+    block[: shape[0] // 2] = voronoi_block((shape[0] // 2,) + shape[1:], k, rng, labels=pool[:k])
+    ours = encode_label_block(block)
+    theirs = ref_encode(block)
+    # each side decodes the other's bytes (DVID order != ours, same voxels)
+    np.testing.assert_array_equal(decode_label_block(theirs), block)
+    np.testing.assert_array_equal(ref_decode(ours), block)
+
+
+def test_lut_and_argsort_paths_give_identical_bytes(monkeypatch):
+    rng = np.random.default_rng(3)
+    cases = [voronoi_block((32, 24, 40), 20, rng),
+             rng.integers(0, 50, size=(16, 16, 16)).astype(np.uint64) * 2**40]
+    fast = [encode_label_block(b) for b in cases]
+    monkeypatch.setattr(labelblock, "_LUT_MAX_LABELS", 0)
+    slow = [encode_label_block(b) for b in cases]
+    assert fast == slow
+
+
+def test_worst_case_nine_bits_and_accepted_dtypes():
+    rng = np.random.default_rng(7)
+    block = rng.permutation(np.arange(512 * 8, dtype=np.uint64)).reshape(16, 16, 16)
+    data = encode_label_block(block)
+    assert struct.unpack_from("<8H", data, 16 + 8 * 4096) == (512,) * 8
+    np.testing.assert_array_equal(decode_label_block(data), block)
+    small = (block % 200).astype(np.uint16)
+    np.testing.assert_array_equal(decode_label_block(encode_label_block(small)), small)
+    signed = (block % 3).astype(np.int32)
+    np.testing.assert_array_equal(decode_label_block(encode_label_block(signed)), signed)
+    # bytes-like inputs
+    assert np.array_equal(decode_label_block(bytearray(data)), block)
+    assert np.array_equal(decode_label_block(memoryview(data)), block)
+
+
+def test_realistic_block_compresses_better_than_raw_under_lz4():
+    lz4_block = pytest.importorskip("lz4.block")
+    block = voronoi_block((64, 64, 64), 20, np.random.default_rng(11))
+    enc = len(lz4_block.compress(encode_label_block(block)))
+    raw = len(lz4_block.compress(block.tobytes()))
+    assert enc * 2 < raw
+
+
+# ----------------------------------------------------------------------------- malformed
+
+def test_every_truncation_is_rejected():
+    rng = np.random.default_rng(5)
+    block = voronoi_block((16, 16, 16), 6, rng)
+    for data in (encode_label_block(block), encode_label_block(np.zeros((8, 8, 8), np.uint64))):
+        for k in range(len(data)):
+            with pytest.raises(InvalidInputError):
+                decode_label_block(data[:k])
+
+
+def _two_label_bytes(**override):
+    f = dict(gx=1, gy=1, gz=1, n=2, labels=[7, 9], counts=[2], idx=[0, 1], vals=b"\x0f" * 64)
+    f.update(override)
+    return (struct.pack("<4I", f["gx"], f["gy"], f["gz"], f["n"])
+            + struct.pack(f"<{len(f['labels'])}Q", *f["labels"])
+            + struct.pack(f"<{len(f['counts'])}H", *f["counts"])
+            + struct.pack(f"<{len(f['idx'])}I", *f["idx"]) + f["vals"])
+
+
+@pytest.mark.parametrize("data", [
+    b"",
+    b"\x01\x00\x00\x00" * 3,                                   # truncated header
+    _two_label_bytes(n=0, labels=[]),                           # N == 0
+    _two_label_bytes(n=1000),                                   # N too large for data
+    _two_label_bytes(gx=0),                                     # no sub-blocks
+    _two_label_bytes(gx=129),                                   # > 1024 voxels
+    _two_label_bytes(gx=2),                                     # counts/indices/values short
+    _two_label_bytes(idx=[0, 2]),                               # index out of range
+    _two_label_bytes(counts=[513], idx=[0] * 513, vals=b"\0" * 640),  # Ns > 512
+    _two_label_bytes(vals=b"\x0f" * 63),                        # values truncated
+    _two_label_bytes(counts=[3], idx=[0, 1, 1], vals=b"\xff" * 128),   # value 3 >= Ns 3
+])
+def test_malformed_blocks_raise(data):
+    with pytest.raises(InvalidInputError):
+        decode_label_block(data)
+    if len(data) < 16:
+        with pytest.raises(InvalidInputError):
+            block_labels(data)
+
+
+def test_block_labels_is_header_only():
+    data = _two_label_bytes(labels=[5, 3], vals=b"")   # values missing: decode fails...
+    with pytest.raises(InvalidInputError):
+        decode_label_block(data)
+    np.testing.assert_array_equal(block_labels(data), [5, 3])   # ...but the list is readable
+    with pytest.raises(InvalidInputError):
+        block_labels(_two_label_bytes(n=3, counts=[], idx=[], vals=b""))
+
+
+@pytest.mark.parametrize("block", [
+    np.zeros((8, 8, 12), np.uint64),          # not a multiple of 8
+    np.zeros((0, 8, 8), np.uint64),
+    np.zeros((8, 8), np.uint64),              # not 3-D
+    np.zeros((8, 8, 1032), np.uint64),        # > 1024
+    np.full((8, 8, 8), -1, np.int64),         # negative label
+    np.zeros((8, 8, 8), np.float32),          # not integers
+])
+def test_encoder_rejects_bad_blocks(block):
+    with pytest.raises(InvalidInputError):
+        encode_label_block(block)
