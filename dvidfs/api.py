@@ -8,13 +8,14 @@ from __future__ import annotations
 import os
 
 from dvidfs.data.grayscale import Grayscale
+from dvidfs.data.labels import Labels
 from dvidfs.data.volume import BlockVolume
 from dvidfs.errors import InvalidInputError, NotFoundError
 from dvidfs.store.engine import Engine
 from dvidfs.versions.dag import VersionDB
 from dvidfs.versions.model import Node
 
-TYPES: dict[str, type[BlockVolume]] = {"grayscale": Grayscale}
+TYPES: dict[str, type[BlockVolume]] = {"grayscale": Grayscale, "labels": Labels}
 
 
 def register_type(cls: type[BlockVolume]) -> None:

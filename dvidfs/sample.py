@@ -205,10 +205,10 @@ class _Blobs:
     def field(self, zs: np.ndarray, ya: int, yb: int, xa: int, xb: int) -> np.ndarray:
         """Darkening (>= 0, float32, shape (len(zs), yb-ya, xb-xa)), a view.
 
-        Computed on the enclosing blob-grid-aligned box laid out as
-        (z, y_cell, y_in, x_cell, x_in): the z/y/x terms of a * (1 - q), q the
-        ellipsoid radius^2, live at blob-grid resolution; only the final add
-        and the max(0) are full size.
+        Computed on the enclosing blob-grid-aligned box: a * (1 - q), q the
+        ellipsoid radius^2, splits into a (z, y) and an (z, x) term that live
+        at blob-grid resolution; only the final subtract and max(0) are full
+        size.
         """
         g = self.g
         fy0, fy1 = ya // g, -(-yb // g)
@@ -221,7 +221,9 @@ class _Blobs:
         x = (fx0 * g + np.arange(nfx * g)).reshape(1, 1, nfx, g).astype(np.float64)
         zy = (a - cz * (z - pz) ** 2)[:, :, None, :] - c[:, :, None, :] * (y - py[:, :, None, :]) ** 2
         xx = c[..., None] * (x - px[..., None]) ** 2
-        f = np.subtract(zy.astype(np.float32)[..., None], xx.astype(np.float32)[:, :, None])
+        # repeat + row-long subtract beats a broadcast with g-long inner loops
+        f = np.repeat(zy.astype(np.float32), g, axis=-1)  # (nz, nfy, g, nfx * g)
+        f -= xx.astype(np.float32).reshape(nz, nfy, 1, nfx * g)
         np.maximum(f, 0, out=f)
         f = f.reshape(nz, nfy * g, nfx * g)
         return f[:, ya - fy0 * g : yb - fy0 * g, xa - fx0 * g : xb - fx0 * g]
@@ -243,25 +245,27 @@ def _render_chunk(sl: _Slab, za: int, zb: int, cy: int, cxa: int, cxb: int,
     sz, sy, sx, wz, wy, wx = np.moveaxis(sl.params[tz, ty, tx], -1, 0)
 
     # Weighted squared distance = z term + y term + x term, each at grid
-    # resolution; layout (z, y, x_cell, x_in) so one full-size add joins them.
-    z = zs.astype(np.float64)[None, :, None]
-    y = (cy * cs + np.arange(cs)).astype(np.float64)[None, :, None]
+    # resolution.  The search runs in layout (x_cell, x_in, z, y) so each
+    # candidate costs one full-size add with long contiguous inner loops.
+    z = zs.astype(np.float64)[None, None, :]
+    y = (cy * cs + np.arange(cs)).astype(np.float64)[None, None, :]
     x = (cxa * cs + np.arange(ncx * cs)).reshape(1, ncx, cs).astype(np.float64)
-    dz = (wz[:, None] * (z - sz[:, None]) ** 2).astype(np.float32)  # (27, nz, ncx)
-    dy = (wy[:, None] * (y - sy[:, None]) ** 2).astype(np.float32)  # (27, cs, ncx)
-    dzy = (dz[:, :, None] + dy[:, None])[..., None]  # (27, nz, cs, ncx, 1)
+    dz = (wz[..., None] * (z - sz[..., None]) ** 2).astype(np.float32)  # (27, ncx, nz)
+    dy = (wy[..., None] * (y - sy[..., None]) ** 2).astype(np.float32)  # (27, ncx, cs)
     dx = (wx[..., None] * (x - sx[..., None]) ** 2).astype(np.float32)  # (27, ncx, cs)
+    dzy = (dz[..., None] + dy[:, :, None, :])[:, :, None]  # (27, ncx, 1, nz, cs)
+    dx = dx[..., None, None]  # (27, ncx, cs, 1, 1)
 
     # Running best / second best over the 27 candidates.  Distances are >= 0,
     # so their float32 bit patterns order like int32; the candidate number
     # rides in the 5 low mantissa bits (relative error 2**-18, harmless), so
     # the update is three int32 min/max with no masks.
-    full = (nz, cs, ncx, cs)
-    d = np.empty(full, np.float32)
+    search = (ncx, cs, nz, cs)
+    d = np.empty(search, np.float32)
     di = d.view(np.int32)
-    b1 = np.empty(full, np.int32)
-    b2 = np.full(full, np.iinfo(np.int32).max, np.int32)
-    t = np.empty(full, np.int32)
+    b1 = np.empty(search, np.int32)
+    b2 = np.full(search, np.iinfo(np.int32).max, np.int32)
+    t = np.empty(search, np.int32)
     for j in range(len(_OFFSETS)):
         np.add(dzy[j], dx[j], out=d)
         np.bitwise_and(di, ~31, out=di)
@@ -273,6 +277,12 @@ def _render_chunk(sl: _Slab, za: int, zb: int, cy: int, cxa: int, cxb: int,
             np.maximum(b1, di, out=t)
             np.minimum(b2, t, out=b2)
             np.minimum(b1, di, out=b1)
+    # Back to (z, y, x_cell, x_in) for everything else; old buffers are scratch.
+    full = (nz, cs, ncx, cs)
+    b1t, b2t = t.reshape(full), di.reshape(full)
+    np.copyto(b1t, b1.transpose(2, 3, 0, 1))
+    np.copyto(b2t, b2.transpose(2, 3, 0, 1))
+    b1, b2, t = b1t, b2t, b1.reshape(full)
 
     # Per-cell values of the winner: tables laid out (column, candidate[32]).
     idx = np.bitwise_and(b1, 31, out=t)

@@ -74,7 +74,7 @@ class BlockVolume:
     @classmethod
     def make_config(cls, block_size: int | None = None, voxel_size=(8.0, 8.0, 8.0),
                     voxel_units: str = "nanometers") -> dict:
-        b = int(block_size or cls.default_block)
+        b = cls.default_block if block_size is None else int(block_size)
         if b <= 0 or b % 8 or b > 1024:
             raise InvalidInputError(f"block size {b} must be a positive multiple of 8, at most 1024")
         vs = [float(v) for v in voxel_size]
@@ -91,6 +91,10 @@ class BlockVolume:
 
     def block_tkey(self, bcoord: XYZ) -> bytes:
         return keys.tkey(self.block_class, keys.izyx(*bcoord))
+
+    def block_coord(self, tk: bytes) -> XYZ:
+        """Inverse of `block_tkey` (the IZYX part is always the last 12 bytes)."""
+        return keys.parse_izyx(tk[-12:])
 
     # ---------------------------------------------------------------- extents
     def extents(self, view: VersionView, reader: Reader | None = None) -> Box | None:
@@ -113,7 +117,7 @@ class BlockVolume:
             for by in range(y0, y1 + 1):
                 lo, hi = self.block_tkey((x0, by, bz)), self.block_tkey((x1, by, bz))
                 for tk, value in versioned.scan(reader, self.inst.id, lo, hi, view):
-                    yield keys.parse_izyx(tk[1:]), self.decode_block(value)
+                    yield self.block_coord(tk), self.decode_block(value)
 
     def read(self, view: VersionView, offset: XYZ, size: XYZ) -> np.ndarray:
         """Voxels of the box at `offset` (x, y, z) of `size` as a [z, y, x] array."""
@@ -153,18 +157,25 @@ class BlockVolume:
             raise NotFoundError(f"data instance {self.inst.name!r} does not exist at node {node.uuid}")
 
     def coerce(self, arr: np.ndarray) -> np.ndarray:
+        """The array as this volume's dtype, refusing anything that would not be exact."""
         arr = np.asarray(arr)
         if arr.ndim != 3:
             raise InvalidInputError(f"expected a 3-D [z, y, x] array, got {arr.ndim}-D")
         if arr.size == 0:
             raise InvalidInputError("cannot write an empty array")
-        if arr.dtype != self.dtype:
-            if not np.can_cast(arr.dtype, self.dtype, casting="same_kind") or (
-                    arr.dtype.kind in "iu" and (arr.min() < 0 or arr.max() > np.iinfo(self.dtype).max)):
-                raise InvalidInputError(f"{self.inst.name!r} stores {self.dtype}, got {arr.dtype} "
-                                        "values that do not fit")
-            arr = arr.astype(self.dtype)
-        return arr
+        if arr.dtype == self.dtype:
+            return arr
+        if arr.dtype.kind == "b":
+            return arr.astype(self.dtype)
+        if arr.dtype.kind not in "iu":
+            raise InvalidInputError(f"{self.inst.name!r} stores {self.dtype}; got {arr.dtype} values "
+                                    "(convert to integers first)")
+        lo, hi = int(arr.min()), int(arr.max())
+        info = np.iinfo(self.dtype)
+        if lo < info.min or hi > info.max:
+            raise InvalidInputError(f"{self.inst.name!r} stores {self.dtype} ({info.min}..{info.max}); "
+                                    f"got values {lo}..{hi}")
+        return arr.astype(self.dtype)
 
     def write(self, node: Node, offset: XYZ, arr: np.ndarray) -> None:
         """Store a [z, y, x] array at `offset` (x, y, z) in open node `node`, atomically."""
@@ -175,9 +186,12 @@ class BlockVolume:
             view = self.db.view(node)
             batch = Batch()
             with self.engine.snapshot() as snap:
+                self.begin_stage(snap, view)
                 self._stage_blocks(batch, snap, node, view, box, arr)
                 self._stage_extents(batch, snap, node, view, box)
+                self.end_stage(batch, snap, node, view)
             self.engine.apply(batch)
+            self.after_apply(node)
 
     def _stage_blocks(self, batch: Batch, reader: Reader, node: Node, view: VersionView,
                       box: Box, arr: np.ndarray) -> None:
@@ -196,6 +210,18 @@ class BlockVolume:
                 new = old.copy() if old is not None else np.zeros(self.grid.shape_zyx, self.dtype)
                 new[part.slices_in(bbox)] = arr[part.slices_in(box)]
             self.stage_block(batch, node, bcoord, old, new)
+
+    # Hooks around one atomic write (called under VersionDB.lock): labels
+    # collect per-block count changes in stage_block and turn them into label
+    # index updates in end_stage, in the same batch.
+    def begin_stage(self, reader: Reader, view: VersionView) -> None:
+        pass
+
+    def end_stage(self, batch: Batch, reader: Reader, node: Node, view: VersionView) -> None:
+        pass
+
+    def after_apply(self, node: Node) -> None:
+        pass
 
     def stage_block(self, batch: Batch, node: Node, bcoord: XYZ, old: np.ndarray | None,
                     new: np.ndarray) -> None:
@@ -240,6 +266,7 @@ class BlockVolume:
             view = self.db.view(node)
             batch = Batch()
             with self.engine.snapshot() as snap:
+                self.begin_stage(snap, view)
                 old_blocks = dict(self.iter_blocks(snap, view, box))
                 for bcoord, old in old_blocks.items():
                     bbox = self.grid.block_box(bcoord)
@@ -250,7 +277,9 @@ class BlockVolume:
                         new = old.copy()
                         new[part.slices_in(bbox)] = 0
                         self.stage_block(batch, node, bcoord, old, new)
+                self.end_stage(batch, snap, node, view)
             self.engine.apply(batch)
+            self.after_apply(node)
 
     def stage_delete(self, batch: Batch, node: Node, bcoord: XYZ, old: np.ndarray) -> None:
         versioned.delete(batch, self.inst.id, self.block_tkey(bcoord), node.version_id)

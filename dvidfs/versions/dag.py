@@ -288,8 +288,12 @@ class VersionDB:
             return node
 
     def _merge_plan(self, parents: list[Node]):
+        """Keys changed on 2+ sides since the common ancestors are read exactly as
+        the future merge node would read them (DVID's lazy rule); those whose
+        nearest values still differ are conflicts, or get a merged value."""
         sides = [self.ancestors(p.version_id) for p in parents]
         common = frozenset.intersection(*sides)
+        future = _FutureMerge(self, frozenset.union(*sides))
         touched: dict[tuple[int, bytes], int] = {}
         with self.engine.snapshot() as snap:
             for side in sides:
@@ -302,12 +306,14 @@ class VersionDB:
             for (inst, tk), count in sorted(touched.items()):
                 if count < 2:
                     continue
-                values = [versioned.get(snap, inst, tk, self.view(p)) for p in parents]
-                if all(v == values[0] for v in values):
+                try:
+                    versioned.get(snap, inst, tk, future.view)
                     continue
+                except ConflictError:
+                    pass
                 fn = MERGEABLE.get(tk[0])
                 if fn is not None:
-                    merged[(inst, tk)] = fn(values)
+                    merged[(inst, tk)] = fn([versioned.get(snap, inst, tk, self.view(p)) for p in parents])
                 else:
                     conflicts.append((inst, tk))
         return merged, conflicts
@@ -364,3 +370,16 @@ class VersionDB:
         """The node and its ancestors, newest first (DVID's log walk, all parents)."""
         return sorted((self.by_version[v] for v in self.ancestors(node.version_id)),
                       key=lambda n: -n.version_id)
+
+
+class _FutureMerge:
+    """The ancestry a merge node of these parents would have, before it exists."""
+
+    SENTINEL = -1
+
+    def __init__(self, db: VersionDB, union: frozenset[int]):
+        self.db, self.union = db, union | {self.SENTINEL}
+        self.view = VersionView(self.SENTINEL, self)
+
+    def ancestors(self, version: int) -> frozenset[int]:
+        return self.union if version == self.SENTINEL else self.db.ancestors(version)

@@ -1,0 +1,366 @@
+"""Label volumes (DVID's labelmap): uint64 supervoxel blocks, a versioned
+supervoxel -> body mapping, a per-body label index, sparsevols, merge and split.
+
+* Blocks (64³ by default) hold **supervoxel** ids in DVID's compressed label
+  block format, lz4 on top.  Reads apply the node's mapping unless
+  `supervoxels=True`.
+* The **mapping** holds only merged supervoxels (identity otherwise), one
+  versioned key per supervoxel, and is cached in memory per version.  A merge
+  of B into A writes one mapping key per supervoxel of B and moves B's index
+  rows to A: O(supervoxels + index rows), voxel blocks untouched.
+* The **label index** (see labelindex.py) is updated in the same atomic batch
+  as every voxel write, from per-block count differences.
+* A **split** cuts the voxels given as a sparsevol out of a body: only the
+  blocks the sparsevol touches are rewritten, with a new id from the versioned
+  max-label counter.
+* Every merge/split is appended to the instance's **mutation log** (JSON
+  records keyed by a repo-wide mutation id, stored in the node that made them,
+  so a sibling branch never sees them).
+
+Concurrency: as for every volume, mutations run under `VersionDB.lock`; the
+mapping cache is rebuilt lazily and guarded by a per-version generation count.
+"""
+from __future__ import annotations
+
+import json
+import struct
+import threading
+import time
+
+import numpy as np
+
+from dvidfs.data.geometry import XYZ, Box
+from dvidfs.data.labelindex import LabelIndex, pack_block, unpack_block
+from dvidfs.data.volume import BlockVolume
+from dvidfs.errors import InvalidInputError, NotFoundError
+from dvidfs.formats.labelblock import decode_label_block, encode_label_block
+from dvidfs.formats import sparsevol as sv
+from dvidfs.store import keys, versioned
+from dvidfs.store.engine import Batch, Reader
+from dvidfs.store.values import LZ4, decode_value, encode_value
+from dvidfs.store.versioned import VersionView
+from dvidfs.versions.dag import MERGEABLE
+from dvidfs.versions.model import Node
+
+_U64 = struct.Struct(">Q")
+MAXLABEL_TKEY = keys.tkey(keys.CLASS_MAX_LABEL)
+
+
+def _u64_tkey(cls: int, v: int) -> bytes:
+    return keys.tkey(cls, _U64.pack(int(v)))
+
+
+def _merge_max(values: list[bytes | None]) -> bytes | None:
+    vals = [struct.unpack("<Q", v)[0] for v in values if v]
+    return struct.pack("<Q", max(vals)) if vals else None
+
+
+MERGEABLE[keys.CLASS_MAX_LABEL] = _merge_max
+
+
+class Mapping:
+    """Supervoxel -> body for one version, as sorted arrays for vectorised lookups."""
+
+    def __init__(self, pairs: dict[int, int]):
+        items = sorted(pairs.items())
+        self.svs = np.array([k for k, _ in items], np.uint64)
+        self.bodies = np.array([v for _, v in items], np.uint64)
+        self.pairs = pairs
+
+    def apply(self, arr: np.ndarray) -> np.ndarray:
+        if not len(self.svs):
+            return arr
+        idx = np.searchsorted(self.svs, arr)
+        idx[idx == len(self.svs)] = 0
+        hit = self.svs[idx] == arr
+        if not hit.any():
+            return arr
+        out = arr.copy()
+        out[hit] = self.bodies[idx[hit]]
+        return out
+
+    def body(self, sv_id: int) -> int:
+        return self.pairs.get(int(sv_id), int(sv_id))
+
+
+class Labels(BlockVolume):
+    typename = "labels"
+    dtype = np.dtype(np.uint64)
+    block_class = keys.CLASS_LABEL_BLOCK
+    default_block = 64
+    needs_old_blocks = True
+
+    def __init__(self, db, inst):
+        super().__init__(db, inst)
+        self._maps: dict[int, Mapping] = {}
+        self._map_gen: dict[int, int] = {}
+        self._map_lock = threading.Lock()
+        self._deltas: list[tuple[int, np.ndarray, np.ndarray]] = []
+        self._max_written = 0
+
+    # ------------------------------------------------------------ blocks
+    def block_tkey(self, bcoord: XYZ) -> bytes:
+        return keys.tkey(self.block_class, b"\x00" + keys.izyx(*bcoord))  # scale 0, as DVID
+
+    def encode_block(self, block: np.ndarray) -> bytes:
+        return encode_value(encode_label_block(block), LZ4)
+
+    def decode_block(self, value: bytes) -> np.ndarray:
+        block = decode_label_block(decode_value(value))
+        if block.shape != self.grid.shape_zyx:
+            raise InvalidInputError(f"stored label block has shape {block.shape}, expected {self.grid.shape_zyx}")
+        return block
+
+    # ------------------------------------------------------------ mapping
+    def mapping(self, view: VersionView, reader: Reader | None = None) -> Mapping:
+        v = view.version
+        m = self._maps.get(v)
+        if m is not None:
+            return m
+        gen = self._map_gen.get(v, 0)
+        lo, hi = _u64_tkey(keys.CLASS_MAPPING, 0), _u64_tkey(keys.CLASS_MAPPING, 2**64 - 1)
+        pairs = {_U64.unpack(tk[1:])[0]: struct.unpack("<Q", val)[0]
+                 for tk, val in versioned.scan(reader or self.engine, self.inst.id, lo, hi, view)}
+        m = Mapping(pairs)
+        with self._map_lock:
+            if self._map_gen.get(v, 0) == gen:
+                self._maps[v] = m
+        return m
+
+    def _forget_mapping(self, version: int) -> None:
+        with self._map_lock:
+            self._map_gen[version] = self._map_gen.get(version, 0) + 1
+            self._maps.pop(version, None)
+
+    # ------------------------------------------------------------ reading
+    def read(self, view: VersionView, offset: XYZ, size: XYZ, supervoxels: bool = False) -> np.ndarray:
+        out = super().read(view, offset, size)
+        return out if supervoxels else self.mapping(view).apply(out)
+
+    def read_slice(self, view: VersionView, plane: str, coord: int, supervoxels: bool = False) -> np.ndarray:
+        out = super().read_slice(view, plane, coord)
+        return out if supervoxels else self.mapping(view).apply(out)
+
+    def index(self, view: VersionView, body: int, reader: Reader | None = None) -> LabelIndex | None:
+        v = versioned.get(reader or self.engine, self.inst.id, _u64_tkey(keys.CLASS_LABEL_INDEX, body), view)
+        return LabelIndex.decode(v) if v else None
+
+    def require_index(self, view: VersionView, body: int, reader: Reader | None = None) -> LabelIndex:
+        idx = self.index(view, body, reader)
+        if idx is None or not len(idx):
+            raise NotFoundError(f"label {body} does not exist in {self.inst.name!r} at this node")
+        return idx
+
+    def bodies(self, view: VersionView) -> np.ndarray:
+        """Every body id with voxels at this node, ascending (keys only, no voxels read)."""
+        lo = _u64_tkey(keys.CLASS_LABEL_INDEX, 0)
+        hi = _u64_tkey(keys.CLASS_LABEL_INDEX, 2**64 - 1)
+        ids = [_U64.unpack(tk[1:])[0] for tk, _ in versioned.scan(self.engine, self.inst.id, lo, hi, view)]
+        return np.array(ids, np.uint64)
+
+    def size(self, view: VersionView, body: int) -> int:
+        return self.require_index(view, body).size
+
+    def supervoxels(self, view: VersionView, body: int) -> np.ndarray:
+        return self.require_index(view, body).supervoxels()
+
+    def block_coords(self, view: VersionView, body: int) -> list[XYZ]:
+        return [unpack_block(int(k)) for k in self.require_index(view, body).block_keys()]
+
+    def max_label(self, view: VersionView, reader: Reader | None = None) -> int:
+        v = versioned.get(reader or self.engine, self.inst.id, MAXLABEL_TKEY, view)
+        return struct.unpack("<Q", v)[0] if v else 0
+
+    def sparsevol_runs(self, view: VersionView, body: int, min_xyz=None, max_xyz=None) -> np.ndarray:
+        """Runs (n, 4) [x, y, z, length] of the body's voxels, DVID order, optionally
+        clipped to an inclusive box (DVID's minx..maxz)."""
+        with self.engine.snapshot() as snap:
+            idx = self.require_index(view, body, snap)
+            bounds = None
+            if min_xyz is not None or max_xyz is not None:
+                lo = [(-2**31 if v is None else v) for v in (min_xyz or (None,) * 3)]
+                hi = [(2**31 - 2 if v is None else v) for v in (max_xyz or (None,) * 3)]
+                bounds = Box(tuple(lo), tuple(h + 1 for h in hi))
+            parts = []
+            for bkey, svs in idx.svs_in_blocks().items():
+                bcoord = unpack_block(bkey)
+                bbox = self.grid.block_box(bcoord)
+                if bounds is not None and bbox.intersect(bounds) is None:
+                    continue
+                value = versioned.get(snap, self.inst.id, self.block_tkey(bcoord), view)
+                if value is None:
+                    raise InvalidInputError(f"label index of {body} names block {bcoord}, which is missing")
+                block = self.decode_block(value)
+                mask = np.isin(block, svs) if len(svs) > 1 else block == svs[0]
+                parts.append(sv.runs_from_mask(mask, bbox.lo))
+        if not parts:
+            return sv.empty_runs()
+        runs = sv.merge_runs(np.concatenate(parts))
+        if min_xyz is not None or max_xyz is not None:
+            runs = sv.clip_runs(runs, min_xyz or (None,) * 3, max_xyz or (None,) * 3)
+        return runs
+
+    def sparsevol(self, view: VersionView, body: int, min_xyz=None, max_xyz=None) -> bytes:
+        """DVID's `rles` bytes for the body."""
+        return sv.encode_rles(self.sparsevol_runs(view, body, min_xyz, max_xyz))
+
+    def sparsevol_coarse(self, view: VersionView, body: int) -> bytes:
+        """Same format, runs in block coordinates (DVID's sparsevol-coarse)."""
+        coords = np.array(self.block_coords(view, body), np.int32).reshape(-1, 3)
+        runs = np.column_stack([coords, np.ones(len(coords), np.int32)]).astype(np.int32)
+        return sv.encode_rles(sv.merge_runs(runs))
+
+    def bbox(self, view: VersionView, body: int) -> tuple[XYZ, XYZ]:
+        """Inclusive min/max voxel of the body."""
+        return sv.runs_bbox(self.sparsevol_runs(view, body))
+
+    # ------------------------------------------------------------ writing: index upkeep
+    def begin_stage(self, reader: Reader, view: VersionView) -> None:
+        self._deltas = []
+        self._max_written = 0
+
+    def stage_block(self, batch: Batch, node: Node, bcoord: XYZ, old, new) -> None:
+        if old is not None and np.array_equal(old, new):
+            return
+        super().stage_block(batch, node, bcoord, old, new)
+        self._count(bcoord, new, +1)
+        if old is not None:
+            self._count(bcoord, old, -1)
+
+    def stage_delete(self, batch: Batch, node: Node, bcoord: XYZ, old) -> None:
+        super().stage_delete(batch, node, bcoord, old)
+        self._count(bcoord, old, -1)
+
+    def _count(self, bcoord: XYZ, block: np.ndarray, sign: int) -> None:
+        ids, counts = np.unique(block, return_counts=True)
+        keep = ids != 0  # background is not a body
+        ids, counts = ids[keep], counts[keep]
+        if len(ids):
+            self._deltas.append((pack_block(*bcoord), ids, sign * counts.astype(np.int64)))
+            if sign > 0:
+                self._max_written = max(self._max_written, int(ids[-1]))
+
+    def end_stage(self, batch: Batch, reader: Reader, node: Node, view: VersionView) -> None:
+        if self._deltas:
+            blocks = np.concatenate([np.full(len(ids), b, np.uint64) for b, ids, _ in self._deltas])
+            svs = np.concatenate([ids for _, ids, _ in self._deltas])
+            deltas = np.concatenate([d for _, _, d in self._deltas])
+            bodies = self.mapping(view, reader).apply(svs)
+            order = np.argsort(bodies, kind="stable")
+            bodies, blocks, svs, deltas = bodies[order], blocks[order], svs[order], deltas[order]
+            cuts = np.flatnonzero(np.diff(bodies)) + 1
+            for sl in np.split(np.arange(len(bodies)), cuts):
+                body = int(bodies[sl[0]])
+                idx = self.index(view, body, reader) or LabelIndex()
+                self._put_index(batch, node, body, idx.add(blocks[sl], svs[sl], deltas[sl]))
+        if self._max_written > self.max_label(view, reader):
+            versioned.put(batch, self.inst.id, MAXLABEL_TKEY, node.version_id,
+                          struct.pack("<Q", self._max_written))
+        self._deltas = []
+
+    def _put_index(self, batch: Batch, node: Node, body: int, idx: LabelIndex) -> None:
+        tk = _u64_tkey(keys.CLASS_LABEL_INDEX, body)
+        if len(idx):
+            versioned.put(batch, self.inst.id, tk, node.version_id, idx.encode())
+        else:
+            versioned.delete(batch, self.inst.id, tk, node.version_id)
+
+    # ------------------------------------------------------------ mutations
+    def _log(self, batch: Batch, node: Node, record: dict) -> dict:
+        mid = self.db._next_id(batch, "mutation")
+        record = {"MutationID": mid, **record, "UUID": node.uuid,
+                  "Timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        versioned.put(batch, self.inst.id, _u64_tkey(keys.CLASS_MUTATION_LOG, mid), node.version_id,
+                      json.dumps(record).encode())
+        return record
+
+    def mutations(self, view: VersionView) -> list[dict]:
+        """The mutation log as seen from this node (its own and its ancestors' records)."""
+        lo = _u64_tkey(keys.CLASS_MUTATION_LOG, 0)
+        hi = _u64_tkey(keys.CLASS_MUTATION_LOG, 2**64 - 1)
+        return [json.loads(v) for _, v in versioned.scan(self.engine, self.inst.id, lo, hi, view)]
+
+    def merge(self, node: Node, target: int, others: list[int]) -> dict:
+        """Merge bodies `others` into `target`: mapping and index only, no voxel block rewritten."""
+        target, others = int(target), [int(o) for o in others]
+        if not others:
+            raise InvalidInputError("merge needs at least one body to merge into the target")
+        if target in others:
+            raise InvalidInputError(f"cannot merge body {target} into itself")
+        if len(set(others)) != len(others):
+            raise InvalidInputError("a body is listed twice in the merge")
+        if target == 0 or 0 in others:
+            raise InvalidInputError("label 0 is background and cannot be merged")
+        with self.db.lock:
+            self.check_writable(node)
+            view = self.db.view(node)
+            batch = Batch()
+            with self.engine.snapshot() as snap:
+                tidx = self.require_index(view, target, snap)
+                for o in others:
+                    oidx = self.require_index(view, o, snap)
+                    for s in oidx.supervoxels():
+                        versioned.put(batch, self.inst.id, _u64_tkey(keys.CLASS_MAPPING, int(s)),
+                                      node.version_id, struct.pack("<Q", target))
+                    tidx = tidx.union(oidx)
+                    self._put_index(batch, node, o, LabelIndex())
+                self._put_index(batch, node, target, tidx)
+                rec = self._log(batch, node, {"Action": "merge", "Target": target, "Labels": others})
+            self.engine.apply(batch)
+            self._forget_mapping(node.version_id)
+            return rec
+
+    def split(self, node: Node, body: int, rles: bytes) -> dict:
+        """Move the voxels given as a DVID sparsevol out of `body` into a new body.
+        Every voxel must belong to `body`; otherwise nothing changes."""
+        body = int(body)
+        runs = sv.decode_rles(rles)
+        if not len(runs):
+            raise InvalidInputError("the split sparsevol has no voxels")
+        runs = sv.merge_runs(runs)
+        with self.db.lock:
+            self.check_writable(node)
+            view = self.db.view(node)
+            batch = Batch()
+            with self.engine.snapshot() as snap:
+                self.require_index(view, body, snap)
+                mapping = self.mapping(view, snap)
+                new_id = self.max_label(view, snap) + 1
+                self.begin_stage(snap, view)
+                cut = 0
+                for bcoord in self._blocks_of_runs(runs):
+                    bbox = self.grid.block_box(bcoord)
+                    value = versioned.get(snap, self.inst.id, self.block_tkey(bcoord), view)
+                    old = self.decode_block(value) if value else np.zeros(self.grid.shape_zyx, self.dtype)
+                    mask = sv.runs_to_mask(runs, bbox.lo, self.grid.shape_zyx)
+                    inside = mapping.apply(old[mask]) == body
+                    if not inside.all():
+                        raise InvalidInputError(
+                            f"split refused: {int((~inside).sum())} voxel(s) of the sparsevol in block "
+                            f"{bcoord} are not in body {body}; nothing was changed")
+                    new = old.copy()
+                    new[mask] = new_id
+                    cut += int(mask.sum())
+                    self.stage_block(batch, node, bcoord, old, new)
+                self.end_stage(batch, snap, node, view)
+                rec = self._log(batch, node, {"Action": "split", "Target": body, "NewLabel": new_id,
+                                              "Voxels": cut})
+            self.engine.apply(batch)
+            return rec
+
+    def _blocks_of_runs(self, runs: np.ndarray) -> list[XYZ]:
+        bx, by, bz = self.grid.size
+        x0 = runs[:, 0].astype(np.int64)
+        x1 = x0 + runs[:, 3] - 1
+        out = set()
+        for a, b, y, z in zip(x0 // bx, x1 // bx, runs[:, 1] // by, runs[:, 2] // bz):
+            for x in range(int(a), int(b) + 1):
+                out.add((x, int(y), int(z)))
+        return sorted(out, key=lambda c: (c[2], c[1], c[0]))
+
+    # ------------------------------------------------------------ info
+    def info(self, view: VersionView) -> dict:
+        d = super().info(view)
+        d["Extended"]["MaxLabel"] = self.max_label(view)
+        d["Extended"]["IndexedLabels"] = True
+        return d
