@@ -55,9 +55,10 @@ _MEMBRANE_WIDTH = 2.6  # in units of sqrt(d2) - sqrt(d1) ~ 2x distance to the wa
 _VESICLE_DARK = 80.0  # max darkening by vesicles in the richest cells
 _NOISE_SIGMA = 11.0
 
-# Blob kinds (see _Blobs): (stream, grid_yx, grid_z, r_min, r_max, z_elongation, prob, amp).
-_VESICLES = (100, 5, 5, 1.2, 2.0, 1.0, 0.7, 2.0)  # amp scaled per cell below
-_MITO = (200, 16, 24, 3.0, 6.0, 1.8, 0.3, 100.0)
+# Blob kinds (see _Blobs): (stream, grid_yx, grid_z, r_min, r_max, z_elongation,
+# prob, amp, cap).  Profile min(amp * (1 - q), cap): a plateau with soft edges.
+_VESICLES = (100, 6, 6, 1.0, 1.8, 1.0, 0.9, 3.0, 1.2)  # scaled per cell by rich
+_MITO = (200, 16, 24, 3.0, 6.0, 1.8, 0.3, 150.0, 60.0)
 
 # --- machinery -------------------------------------------------------------
 _M64 = (1 << 64) - 1
@@ -179,7 +180,7 @@ class _Blobs:
     """
 
     def __init__(self, kind: tuple, seed: int, z0: int, z1: int, Y: int, X: int):
-        stream, g, gz, rmin, rmax, elong, prob, amp = kind
+        stream, g, gz, rmin, rmax, elong, prob, amp, self.cap = kind
         self.g, self.gz = g, gz
         self.fz0 = z0 // gz
         FZ = np.arange(self.fz0, (z1 - 1) // gz + 1)[:, None, None]
@@ -203,7 +204,7 @@ class _Blobs:
         )
 
     def field(self, zs: np.ndarray, ya: int, yb: int, xa: int, xb: int) -> np.ndarray:
-        """Darkening (>= 0, float32, shape (len(zs), yb-ya, xb-xa)), a view.
+        """Darkening (0..cap, float32, shape (len(zs), yb-ya, xb-xa)), a view.
 
         Computed on the enclosing blob-grid-aligned box: a * (1 - q), q the
         ellipsoid radius^2, splits into a (z, y) and an (z, x) term that live
@@ -224,7 +225,7 @@ class _Blobs:
         # repeat + row-long subtract beats a broadcast with g-long inner loops
         f = np.repeat(zy.astype(np.float32), g, axis=-1)  # (nz, nfy, g, nfx * g)
         f -= xx.astype(np.float32).reshape(nz, nfy, 1, nfx * g)
-        np.maximum(f, 0, out=f)
+        np.clip(f, 0, self.cap, out=f)
         f = f.reshape(nz, nfy * g, nfx * g)
         return f[:, ya - fy0 * g : yb - fy0 * g, xa - fx0 * g : xb - fx0 * g]
 
@@ -298,9 +299,10 @@ def _render_chunk(sl: _Slab, za: int, zb: int, cy: int, cxa: int, cxb: int,
     ya, xa, xb = cy * cs, cxa * cs, cxb * cs
     ny, nx = min(cs, Y - ya), min(xb, X) - xa
     out = np.s_[za - sl.z0 : zb - sl.z0, ya : ya + ny, xa : xa + nx]
-    table(sl.ids).take(idx[:, :ny, :nx], out=labels[out], mode="clip")
-    g = table(sl.bright).take(idx)
-    rich = table(sl.rich).take(idx)
+    # (fancy indexing: several times faster than ndarray.take here)
+    labels[out] = table(sl.ids)[idx[:, :ny, :nx]]
+    g = table(sl.bright)[idx]
+    rich = table(sl.rich)[idx]
 
     # Membrane: dark where sqrt(d2) - sqrt(d1) is small (near the wall).
     d1 = np.bitwise_and(b1, ~31, out=b1).view(np.float32).reshape(shape)
@@ -327,7 +329,7 @@ def _render_chunk(sl: _Slab, za: int, zb: int, cy: int, cxa: int, cxb: int,
     )
     h *= np.uint32(0x9E3779B1)
     h >>= np.uint32(32 - _NOISE_TABLE_BITS)
-    g += sl.noise.take(h)
+    g += sl.noise[h]
     np.clip(g, 0, 255, out=g)
     np.copyto(gray[out], g[:, :ny, :nx], casting="unsafe")
 

@@ -6,6 +6,7 @@ Every voxel expectation comes from a numpy "model" kept alongside the store.
 from __future__ import annotations
 
 import errno
+import itertools
 
 import numpy as np
 import pytest
@@ -377,11 +378,6 @@ def test_merge_refuses_parents_from_two_repos(store, root):
         db.merge([root, other])
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: dvidfs/versions/dag.py VersionDB._merge_plan counts a key once per parent side "
-    "whose ancestry (minus the common ancestors) holds a change, so a change in a version "
-    "shared by two of three parents counts as 'changed on two sides' and is refused as a "
-    "ConflictError, although the lazy read at the merge node finds a single surviving value"))
 def test_three_way_merge_change_inherited_by_two_parents_is_not_a_conflict(store, root, gray):
     """Only one side (x, shared by parents p and q) changed the block; r did not
     touch it.  A read at the merge node would find one surviving value (x's),
@@ -588,3 +584,138 @@ def test_dag_rules(store, repo, root, scan_all):
     assert len(db.repos) == 1
     db.new_repo("fresh")
     assert sorted(r.alias for r in db.repos.values()) == ["fresh", "test"]
+
+
+# ---------------------------------------------------------------- random DAGs vs a model
+# Region: 3 blocks of 8³ along x.  The model keeps, per node, the voxel array and,
+# per block, which node last wrote it (and whether that was a delete).  Merge
+# outcomes are predicted from those writer records with the DVID rule (nearest
+# writers on all parent paths; several different survivors = conflict), computed
+# by propagating state down the DAG rather than by scanning keys.
+from hypothesis import HealthCheck, event, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+RX, RY, RZ = 24, 8, 8
+
+
+class _Model:
+    def __init__(self):
+        self.arr = {}       # uuid -> [z, y, x] array
+        self.writers = {}   # uuid -> {bx: (writer uuid, is_tombstone)}
+        self.ext = {}       # uuid -> (lo, hi) or None
+        self.anc = {}       # uuid -> set of ancestor uuids (self included)
+
+    def add(self, uuid, parents, arr, writers, ext):
+        self.anc[uuid] = {uuid}.union(*(self.anc[p] for p in parents))
+        self.arr[uuid], self.writers[uuid], self.ext[uuid] = arr, writers, ext
+
+
+def _union(a, b):
+    if a is None or b is None:
+        return a or b
+    return (tuple(map(min, a[0], b[0])), tuple(map(max, a[1], b[1])))
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.data())
+def test_random_dag_matches_model(store, scan_all, data):
+    db = store.db
+    r = db.new_repo(f"rand{len(db.repos)}")
+    root = db.node(r.root)
+    vol = store.new_instance(root, "g", "grayscale", block_size=8)
+    m = _Model()
+    m.add(root.uuid, [], np.zeros((RZ, RY, RX), np.uint8), {}, None)
+    names = itertools.count()
+
+    def write(n):
+        size = tuple(data.draw(st.integers(1, 8)) for _ in range(3))
+        off = tuple(data.draw(st.integers(0, lim - s)) for lim, s in zip((RX, RY, RZ), size))
+        val = data.draw(st.integers(0, 3), label="value")   # few values: equal writes happen
+        a = np.full((size[2], size[1], size[0]), val, np.uint8)
+        vol.write(n, off, a)
+        m.arr[n.uuid][off[2]:off[2] + size[2], off[1]:off[1] + size[1], off[0]:off[0] + size[0]] = a
+        for bx in range(off[0] // 8, (off[0] + size[0] - 1) // 8 + 1):
+            m.writers[n.uuid][bx] = (n.uuid, False)
+        m.ext[n.uuid] = _union(m.ext[n.uuid], (off, tuple(o + s for o, s in zip(off, size))))
+
+    def delete(n):
+        bx = data.draw(st.integers(0, 2), label="block")
+        vol.delete(n, (bx * 8, 0, 0), (8, 8, 8))
+        w = m.writers[n.uuid].get(bx)
+        if w is not None and not w[1]:
+            m.writers[n.uuid][bx] = (n.uuid, True)
+        m.arr[n.uuid][:, :, bx * 8:bx * 8 + 8] = 0
+
+    def branch(p, named):
+        if named:
+            c = db.branch(p, f"b{next(names)}")
+        else:
+            if any(db.nodes[x].branch == p.branch for x in p.children):
+                with pytest.raises(ExistsError):
+                    db.branch(p)
+                return None
+            c = db.branch(p)
+        m.add(c.uuid, [p.uuid], m.arr[p.uuid].copy(), dict(m.writers[p.uuid]), m.ext[p.uuid])
+        return c
+
+    def merge(ps):
+        arr, writers, conflict = np.zeros((RZ, RY, RX), np.uint8), {}, []
+        for bx in range(3):
+            sl = np.s_[:, :, bx * 8:bx * 8 + 8]
+            cands = {}
+            for p in ps:
+                w = m.writers[p.uuid].get(bx)
+                if w is not None:
+                    content = None if w[1] else m.arr[p.uuid][sl].tobytes()
+                    cands[w[0]] = (w, content, p.uuid)
+            alive = [c for u, c in cands.items() if not any(u != o and u in m.anc[o] for o in cands)]
+            if len({c[1] for c in alive}) > 1:
+                conflict.append(bx)
+            elif alive:
+                writers[bx] = alive[0][0]
+                arr[sl] = m.arr[alive[0][2]][sl]
+        event(f"{len(ps)}-way merge " + ("refused (conflict)" if conflict else "accepted"))
+        if conflict:
+            before = scan_all(store.engine)
+            with pytest.raises(ConflictError) as ei:
+                db.merge(ps)
+            for bx in conflict:
+                assert f"block ({bx},0,0)" in str(ei.value)
+            assert scan_all(store.engine) == before
+            return
+        c = db.merge(ps)
+        ext_u = None
+        for p in ps:
+            ext_u = _union(ext_u, m.ext[p.uuid])
+        m.add(c.uuid, [p.uuid for p in ps], arr, writers, ext_u)
+
+    for _ in range(data.draw(st.integers(5, 30), label="n_ops")):
+        open_ = [n for n in db.repo_nodes(r) if not n.locked]
+        locked = [n for n in db.repo_nodes(r) if n.locked]
+        kinds = (["write", "write", "delete", "commit"] if open_ else []) + \
+                (["branch", "fork"] if locked else []) + (["merge"] * 2 if len(locked) >= 2 else [])
+        kind = data.draw(st.sampled_from(kinds), label="op")
+        if kind in ("write", "delete", "commit"):
+            n = data.draw(st.sampled_from(open_), label="node")
+            {"write": write, "delete": delete, "commit": db.commit}[kind](n)
+        elif kind == "branch":
+            branch(data.draw(st.sampled_from(locked), label="parent"), data.draw(st.booleans()))
+        elif kind == "fork":
+            # two named branches off one node, each written (maybe the same way), committed
+            p = data.draw(st.sampled_from(locked), label="fork parent")
+            kids = [branch(p, True) for _ in range(2)]
+            for k in kids:
+                for _ in range(data.draw(st.integers(0, 2))):
+                    (write if data.draw(st.integers(0, 3)) else delete)(k)
+                db.commit(k)
+            if data.draw(st.booleans(), label="merge fork now"):
+                merge(kids)
+        else:
+            merge(data.draw(st.lists(st.sampled_from(locked), min_size=2, max_size=3,
+                                     unique_by=lambda n: n.uuid), label="parents"))
+    for n in db.repo_nodes(r):
+        view = db.view(n)
+        assert np.array_equal(vol.read(view, (0, 0, 0), (RX, RY, RZ)), m.arr[n.uuid]), n.uuid
+        e = vol.extents(view)
+        assert (None if e is None else (e.lo, e.hi)) == m.ext[n.uuid]
+        assert set(db.ancestors(n.version_id)) == {db.nodes[u].version_id for u in m.anc[n.uuid]}

@@ -11,6 +11,7 @@ from typing import Iterator
 from dvidfs.errors import InvalidInputError
 
 XYZ = tuple[int, int, int]
+INT32_MIN, INT32_MAX = -2**31, 2**31 - 1
 PLANES = ("xy", "xz", "yz")
 # plane -> (axis held fixed, width axis, height axis), axes 0=x 1=y 2=z
 PLANE_AXES = {"xy": (2, 0, 1), "xz": (1, 0, 2), "yz": (0, 1, 2)}
@@ -27,6 +28,9 @@ class Box:
     def from_offset_size(cls, offset: XYZ, size: XYZ) -> "Box":
         if any(s <= 0 for s in size):
             raise InvalidInputError(f"size {tuple(size)} must be positive in x, y and z")
+        if any(o < INT32_MIN or o + s - 1 > INT32_MAX for o, s in zip(offset, size)):
+            raise InvalidInputError(f"box at {tuple(offset)} of size {tuple(size)} leaves the int32 "
+                                    "coordinate range DVID uses")
         return cls(tuple(int(o) for o in offset), tuple(int(o) + int(s) for o, s in zip(offset, size)))
 
     @classmethod

@@ -22,7 +22,6 @@ import logging
 import os
 import stat
 import time
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from functools import partial
 
@@ -30,7 +29,8 @@ import pyfuse3
 import trio
 
 from dvidfs.errors import DvidfsError, InvalidInputError, ReadOnlyError
-from dvidfs.fs.tree import CTRL_DIR, ROOT, Attr, Entry, Tree, parse_slice_name
+from dvidfs.fs.tree import (CTRL_DIR, ROOT, WRITE_NOW, WRITE_ON_CLOSE_KINDS, Attr, Entry, Tree,
+                            parse_slice_name)
 
 log = logging.getLogger("dvidfs.fs")
 
@@ -57,35 +57,11 @@ class Handle:
     dirty: bool = False
 
 
-class RenderCache:
-    """Bounded LRU of rendered file bytes.  Keys carry the node's version and a
-    per-(version, instance) write generation, so a write makes old keys unreachable."""
-
-    def __init__(self, budget: int = 256 << 20):
-        self.budget, self.used = budget, 0
-        self._d: OrderedDict = OrderedDict()
-
-    def get(self, key):
-        v = self._d.get(key)
-        if v is not None:
-            self._d.move_to_end(key)
-        return v
-
-    def put(self, key, value: bytes) -> None:
-        if len(value) > self.budget // 4 or key in self._d:
-            return
-        self._d[key] = value
-        self.used += len(value)
-        while self.used > self.budget:
-            _, old = self._d.popitem(last=False)
-            self.used -= len(old)
-
-
 class DvidOperations(pyfuse3.Operations):
     supports_dot_lookup = False
     enable_writeback_cache = False
 
-    def __init__(self, tree: Tree, cache_bytes: int = 256 << 20):
+    def __init__(self, tree: Tree):
         super().__init__()
         self.tree = tree
         self.ino_of: dict[Entry, int] = {ROOT: pyfuse3.ROOT_INODE}
@@ -97,8 +73,6 @@ class DvidOperations(pyfuse3.Operations):
         self.scratch: dict[tuple[Entry, str], Scratch] = {}  # (plane entry, name)
         self.scratch_ino: dict[int, tuple[Entry, str]] = {}
         self.last_error: dict[str, str] = {}  # node uuid -> message
-        self.generation: dict[tuple[str, str], int] = {}  # (uuid, data) -> writes so far
-        self.cache = RenderCache(cache_bytes)
         self.pending_slices: set[Entry] = set()  # created, not yet flushed
         self._inval_send, self._inval_recv = trio.open_memory_channel(10_000)
         self.uid, self.gid = os.getuid(), os.getgid()
@@ -191,9 +165,10 @@ class DvidOperations(pyfuse3.Operations):
         """A write to instance e.data of node e.uuid: bump its generation and
         drop whatever the kernel cached of its slices and info."""
         key = (e.uuid, e.data)
-        self.generation[key] = self.generation.get(key, 0) + 1
+        gen = self.tree.generation
+        gen[key] = gen.get(key, 0) + 1
         for entry, ino in list(self.ino_of.items()):
-            if entry.uuid == e.uuid and entry.data == e.data and entry.kind in ("slice", "instinfo", "plane"):
+            if entry.uuid == e.uuid and entry.data == e.data and entry.kind != "inst":
                 try:
                     self._inval_send.send_nowait(ino)
                 except trio.WouldBlock:
@@ -269,26 +244,27 @@ class DvidOperations(pyfuse3.Operations):
         e = self._entry(inode)
         want_write = (flags & os.O_ACCMODE) != os.O_RDONLY
         fh = self._fh()
-        if e.kind == "ctrlfile":
+        locked = bool(e.uuid) and self.tree.db.nodes[e.uuid].locked
+        if (e.kind, e.name) in WRITE_NOW:
             if want_write and e.name in ("info.json", "last-error"):
                 raise pyfuse3.FUSEError(errno.EACCES)
             data = self._last_error_bytes(e.uuid) if e.name == "last-error" else \
                 await self._run(self.tree.read, e)
             self.handles[fh] = Handle(e, inode, data, writing=want_write)
-            # control files change under the reader: always go to us
+            # control files change under the reader: always come to us
             return pyfuse3.FileInfo(fh=fh, direct_io=True)
         if want_write:
-            if e.kind != "slice":
-                raise pyfuse3.FUSEError(errno.EACCES)
-            if self.tree.db.nodes[e.uuid].locked:
-                raise self._fail(e.uuid, f"write {e.plane}/{e.coord}",
+            if e.kind not in WRITE_ON_CLOSE_KINDS or (e.kind == "bodyfile" and e.name != "split"):
+                raise pyfuse3.FUSEError(errno.EROFS if locked else errno.EACCES)
+            if locked:
+                raise self._fail(e.uuid, f"write {e.data}/{e.plane or e.coord}",
                                  ReadOnlyError(f"node {e.uuid} is committed (read-only)"))
-            initial = b"" if flags & os.O_TRUNC else await self._content(e)
+            initial = b"" if flags & os.O_TRUNC or e.kind == "bodyfile" else await self._content(e)
             self.handles[fh] = Handle(e, inode, bytearray(initial), writing=True)
             return pyfuse3.FileInfo(fh=fh, direct_io=True)
         data = await self._content(e)
         self.handles[fh] = Handle(e, inode, data)
-        if self.tree.db.nodes[e.uuid].locked:
+        if locked:
             return pyfuse3.FileInfo(fh=fh, keep_cache=True)
         # Open node: a concurrent writer's O_TRUNC shrinks the kernel's idea of the
         # size; direct_io makes reads return this handle's whole, consistent bytes.
@@ -297,13 +273,7 @@ class DvidOperations(pyfuse3.Operations):
     async def _content(self, e: Entry) -> bytes:
         if e in self.pending_slices:
             return b""
-        key = (e, self.generation.get((e.uuid, e.data), 0))
-        data = self.cache.get(key) if e.kind == "slice" else None
-        if data is None:
-            data = await self._run(self.tree.read, e)
-            if e.kind == "slice":
-                self.cache.put(key, data)
-        return data
+        return await self._run(self.tree.read, e)
 
     async def read(self, fh, off, size):
         h = self.handles[fh]
@@ -318,7 +288,7 @@ class DvidOperations(pyfuse3.Operations):
             _put(s.data, off, buf)
             s.mtime = time.time()
             return len(buf)
-        if h.entry.kind == "ctrlfile":
+        if (h.entry.kind, h.entry.name) in WRITE_NOW:
             # Control commands act on each write(), so `echo x > commit` gets the errno itself.
             e = h.entry
             try:
@@ -329,9 +299,10 @@ class DvidOperations(pyfuse3.Operations):
             try:
                 result = await trio.to_thread.run_sync(self.tree.control, e, text)
             except DvidfsError as exc:
-                raise self._fail(e.uuid, f"{CTRL_DIR}/{e.name} {text.strip()!r}", exc) from exc
+                raise self._fail(e.uuid, f"{e.data or CTRL_DIR}/{e.name} {text.strip()!r}", exc) from exc
             log.info("%s/%s: %s", e.uuid, e.name, result)
-            self.last_error.pop(e.uuid, None)
+            if e.data:
+                self._after_write(e)
             return len(buf)
         if not h.writing:
             raise pyfuse3.FUSEError(errno.EBADF)
@@ -342,16 +313,18 @@ class DvidOperations(pyfuse3.Operations):
     async def flush(self, fh):
         """Validate and store a written slice; errors reach the writer's close()."""
         h = self.handles.get(fh)
-        if h is None or h.entry.kind != "slice" or not h.dirty:
+        if h is None or h.entry.kind not in WRITE_ON_CLOSE_KINDS or not h.dirty:
             return
         e = h.entry
         h.dirty = False
         try:
-            await trio.to_thread.run_sync(self.tree.write_slice, e, bytes(h.data))
+            result = await trio.to_thread.run_sync(self.tree.upload, e, bytes(h.data))
         except DvidfsError as exc:
-            raise self._fail(e.uuid, f"write {e.data}/{e.plane}/{e.coord}", exc) from exc
+            what = f"{e.plane}/{e.coord}" if e.kind == "slice" else f"labels/{e.coord}/{e.name}"
+            raise self._fail(e.uuid, f"write {e.data}/{what}", exc) from exc
         finally:
             self.pending_slices.discard(e)
+        log.info("%s/%s: %s", e.uuid, e.data, result)
         self._after_write(e)
 
     async def release(self, fh):
@@ -374,7 +347,7 @@ class DvidOperations(pyfuse3.Operations):
                 s.mtime = attr.st_mtime_ns / 1e9
             return self._scratch_attrs(s)
         e = self._entry(inode)
-        if e.uuid and e.kind not in ("ctrl", "ctrlfile") and self.tree.db.nodes[e.uuid].locked:
+        if e.uuid and (e.kind, e.name) not in WRITE_NOW and e.kind != "ctrl" and self.tree.db.nodes[e.uuid].locked:
             raise pyfuse3.FUSEError(errno.EROFS)
         if fields.update_size:
             for h in self.handles.values():
@@ -426,7 +399,7 @@ class DvidOperations(pyfuse3.Operations):
             return
         e = Entry("slice", repo=pold.repo, uuid=pold.uuid, data=pold.data, plane=pold.plane, coord=coord)
         try:
-            await trio.to_thread.run_sync(self.tree.write_slice, e, bytes(s.data))
+            await trio.to_thread.run_sync(self.tree.upload, e, bytes(s.data))
         except DvidfsError as exc:
             raise self._fail(pold.uuid, f"rename {old} -> {new}", exc) from exc
         self.scratch.pop((pold, old), None)

@@ -3,14 +3,19 @@
     /<repo>/                          repo directory (mkdir here creates a repo)
     /<repo>/<uuid>/                   every version node (a unique prefix also resolves)
     /<repo>/<branch>                  symlink to the branch's newest node ("master" too)
-    /<repo>/<uuid>/.dvid/             control files of the node (see CONTROL_FILES)
-    /<repo>/<uuid>/<data>/info.json   instance metadata
-    /<repo>/<uuid>/<data>/{xy,xz,yz}/<coord>.png   slices across the extents
+    /<repo>/<uuid>/.dvid/             control files of the node (CONTROL_FILES)
+    /<repo>/<uuid>/<gray>/info.json, xy/ xz/ yz/<coord>.png
+    /<repo>/<uuid>/<labels>/info.json, mutations.jsonl, merge
+    /<repo>/<uuid>/<labels>/xy/<coord>.tif         exact uint64 ids (bodies)
+    /<repo>/<uuid>/<labels>/xy-rgb/<coord>.png     a stable colour per body, for Fiji
+    /<repo>/<uuid>/<labels>/labels/<id>/sparsevol, sparsevol-coarse, size,
+                                        bbox.json, supervoxels, blocks.json, split
 
 Every method here is synchronous and may touch LevelDB, so `fs/operations.py`
 calls them from worker threads (`trio.to_thread`), never on the trio thread.
 Entries are small immutable values: the same path always maps to an equal
-`Entry`, which is what the inode table keys on.
+`Entry`, which is what the inode table keys on.  `generation` (bumped by the
+trio thread after each write through the mount) versions cached renderings.
 """
 from __future__ import annotations
 
@@ -25,43 +30,55 @@ from dvidfs.api import DvidStore
 from dvidfs.data.geometry import PLANE_AXES, PLANES, plane_dims
 from dvidfs.data.volume import BlockVolume
 from dvidfs.errors import InvalidInputError, NotFoundError, ReadOnlyError
-from dvidfs.formats.images import decode_image, encode_png_stored, png_size
+from dvidfs.formats.images import (decode_image, encode_png_stored, encode_pseudocolor_png,
+                                   encode_tiff, png_size, tiff_size)
+from dvidfs.fs.cache import RenderCache
 from dvidfs.versions.model import UUID_RE, Node
 
 CTRL_DIR = ".dvid"
-# name -> (writable, help shown in docs)
 CONTROL_FILES = {
     "commit": "write a message: commit (lock) this node",
-    "branch": "write a name: new child on a new branch; write nothing/newline: next version on this branch",
+    "branch": "write a name: new child on a new branch; write an empty line: next version on this branch",
     "merge": "write node UUIDs (prefixes): new node merging this node and them",
-    "newdata": "write 'grayscale NAME [BLOCKSIZE]' or 'labels NAME': new data instance",
+    "newdata": "write 'grayscale NAME [BLOCKSIZE]' or 'labels NAME [BLOCKSIZE]': new data instance",
     "note": "read/write the node's note",
     "log": "read the node's log; each line written is appended",
     "info.json": "read: the node's info as JSON (DVID field names)",
-    "last-error": "read: the last failed control or slice write under this node",
+    "last-error": "read: the last failed write under this node",
 }
 READ_ONLY_CONTROL = {"info.json", "last-error"}
 SLICE_RE = re.compile(r"^(-?\d+)\.(png|tif|tiff)$")
 SLICE_WIDTH = 5  # zero-padded so `ls` and Fiji sort non-negative coordinates numerically
+RGB = "-rgb"
+BODY_FILES = ("bbox.json", "blocks.json", "size", "sparsevol", "sparsevol-coarse", "split", "supervoxels")
+LABEL_INST_FILES = ("info.json", "merge", "mutations.jsonl")
+# Entries whose writes act at once (text commands) vs. when the file is closed (uploads)
+WRITE_NOW = {("ctrlfile", n) for n in CONTROL_FILES} | {("instfile", "merge")}
+WRITE_ON_CLOSE_KINDS = {"slice", "bodyfile"}
 
 
-def slice_name(coord: int) -> str:
-    return f"{coord:0{SLICE_WIDTH}d}.png"
+def slice_name(coord: int, ext: str) -> str:
+    return f"{coord:0{SLICE_WIDTH}d}.{ext}"
+
+
+def parse_slice_name(name: str) -> int | None:
+    m = SLICE_RE.match(name)
+    return int(m.group(1)) if m else None
 
 
 @dataclass(frozen=True)
 class Entry:
-    kind: str                 # root repo link node ctrl ctrlfile inst instinfo plane slice scratch
-    repo: str = ""            # repo alias
+    kind: str     # root repo link node ctrl ctrlfile inst instfile plane slice labelsdir body bodyfile scratch
+    repo: str = ""
     uuid: str = ""
     data: str = ""
-    plane: str = ""
-    coord: int = 0
-    name: str = ""            # link branch / control file / scratch file name
+    plane: str = ""   # "xy" .. or "xy-rgb" ..
+    coord: int = 0    # slice coordinate, or body id
+    name: str = ""    # link branch / control, instance or body file name / scratch name
 
     @property
     def is_dir(self) -> bool:
-        return self.kind in ("root", "repo", "node", "ctrl", "inst", "plane")
+        return self.kind in ("root", "repo", "node", "ctrl", "inst", "plane", "labelsdir", "body")
 
 
 ROOT = Entry("root")
@@ -69,18 +86,20 @@ ROOT = Entry("root")
 
 @dataclass
 class Attr:
-    kind: str                 # "dir" | "file" | "link"
+    kind: str          # "dir" | "file" | "link"
     size: int
     writable: bool
     mtime: float
-    immutable: bool           # content can never change: cache it in the kernel
+    immutable: bool    # content can never change: let the kernel cache it
 
 
 class Tree:
-    def __init__(self, store: DvidStore):
+    def __init__(self, store: DvidStore, cache_bytes: int = 256 << 20):
         self.store = store
         self.db = store.db
         self.started = time.time()
+        self.cache = RenderCache(cache_bytes)
+        self.generation: dict[tuple[str, str], int] = {}   # (uuid, data) -> writes through the mount
 
     # ---------------------------------------------------------------- helpers
     def node_of(self, e: Entry) -> Node:
@@ -92,11 +111,28 @@ class Tree:
     def vol(self, e: Entry) -> BlockVolume:
         return self.store.data(self.node_of(e), e.data)
 
+    def view(self, e: Entry):
+        return self.db.view(self.node_of(e))
+
     def _repo(self, alias: str):
         for r in self.db.repos.values():
             if r.alias == alias:
                 return r
         raise NotFoundError(f"no repo {alias!r}")
+
+    def _is_labels(self, e: Entry) -> bool:
+        return self.vol(e).typename == "labels"
+
+    def _planes(self, e: Entry) -> tuple[str, ...]:
+        return PLANES + tuple(p + RGB for p in PLANES) if self._is_labels(e) else PLANES
+
+    def _slice_ext(self, e: Entry) -> str:
+        return "tif" if self._is_labels(e) and not e.plane.endswith(RGB) else "png"
+
+    def _child(self, e: Entry, kind: str, **kw) -> Entry:
+        base = dict(repo=e.repo, uuid=e.uuid, data=e.data, plane=e.plane, coord=e.coord)
+        base.update(kw)
+        return Entry(kind, **base)
 
     # ---------------------------------------------------------------- lookup
     def lookup(self, parent: Entry, name: str) -> Entry:
@@ -110,9 +146,8 @@ class Tree:
                 return Entry("node", repo=parent.repo, uuid=name)
             if name in self.db.branches(repo):
                 return Entry("link", repo=parent.repo, name=name)
-            if re.fullmatch(r"[0-9a-f]{1,31}", name):  # unique prefix -> the node itself
-                n = self.db.node(name, repo)
-                return Entry("node", repo=parent.repo, uuid=n.uuid)
+            if re.fullmatch(r"[0-9a-f]{1,31}", name):  # a unique prefix is the node itself
+                return Entry("node", repo=parent.repo, uuid=self.db.node(name, repo).uuid)
             raise NotFoundError(f"no node or branch {name!r} in repo {parent.repo!r}")
         if k == "node":
             if name == CTRL_DIR:
@@ -122,33 +157,53 @@ class Tree:
             raise NotFoundError(f"no data instance {name!r}")
         if k == "ctrl":
             if name in CONTROL_FILES:
-                return Entry("ctrlfile", repo=parent.repo, uuid=parent.uuid, name=name)
+                return self._child(parent, "ctrlfile", name=name)
             raise NotFoundError(f"no control file {name!r}")
         if k == "inst":
-            if name == "info.json":
-                return Entry("instinfo", repo=parent.repo, uuid=parent.uuid, data=parent.data)
-            if name in PLANES:
-                return Entry("plane", repo=parent.repo, uuid=parent.uuid, data=parent.data, plane=name)
-            raise NotFoundError(f"no {name!r} in a data instance")
+            for n, child in self._inst_children(parent):
+                if n == name:
+                    return child
+            raise NotFoundError(f"no {name!r} in data instance {parent.data!r}")
         if k == "plane":
             coord = parse_slice_name(name)
             if coord is None or not self.slice_exists(parent, coord):
                 raise NotFoundError(f"no slice {name!r}")
-            return Entry("slice", repo=parent.repo, uuid=parent.uuid, data=parent.data,
-                         plane=parent.plane, coord=coord)
+            return self._child(parent, "slice", coord=coord)
+        if k == "labelsdir":
+            if not name.isdigit() or (self.vol(parent).index(self.view(parent), int(name)) is None):
+                raise NotFoundError(f"no label {name!r}")
+            return self._child(parent, "body", coord=int(name))
+        if k == "body":
+            if name in BODY_FILES:
+                return self._child(parent, "bodyfile", name=name)
+            raise NotFoundError(f"no {name!r} for a label")
         raise NotFoundError(f"{name!r}: not a directory")
 
     def slice_exists(self, plane_entry: Entry, coord: int) -> bool:
-        ext = self.vol(plane_entry).extents(self.db.view(self.node_of(plane_entry)))
+        ext = self.vol(plane_entry).extents(self.view(plane_entry))
         if ext is None:
             return False
-        fixed = PLANE_AXES[plane_entry.plane][0]
+        fixed = PLANE_AXES[plane_entry.plane[:2]][0]
         return ext.lo[fixed] <= coord < ext.hi[fixed]
 
     # ---------------------------------------------------------------- listing
+    def _inst_children(self, e: Entry) -> list[tuple[str, Entry]]:
+        files = LABEL_INST_FILES if self._is_labels(e) else ("info.json",)
+        out = [(f, self._child(e, "instfile", name=f)) for f in files]
+        out += [(p, self._child(e, "plane", plane=p)) for p in self._planes(e)]
+        if self._is_labels(e):
+            out.append(("labels", self._child(e, "labelsdir")))
+        return sorted(out, key=lambda t: t[0])
+
     def list(self, e: Entry) -> list[tuple[str, Entry, Attr]]:
-        """Children with their attributes (readdirplus: no getattr storm), sorted by name."""
-        out: list[tuple[str, Entry]] = []
+        """Children with their attributes (readdirplus: no getattr storm)."""
+        if e.kind == "plane":
+            return self._list_slices(e)
+        if e.kind == "labelsdir":
+            node = self.node_of(e)
+            a = Attr("dir", 0, not node.locked, self._mtime(node), node.locked)
+            return [(str(b), self._child(e, "body", coord=int(b)), a)
+                    for b in self.vol(e).bodies(self.view(e))]
         if e.kind == "root":
             out = [(r.alias, Entry("repo", repo=r.alias)) for r in self.db.repos.values()]
         elif e.kind == "repo":
@@ -160,12 +215,11 @@ class Tree:
             out += [(name, Entry("inst", repo=e.repo, uuid=e.uuid, data=name))
                     for name in self.db.instances_at(self.node_of(e))]
         elif e.kind == "ctrl":
-            out = [(n, Entry("ctrlfile", repo=e.repo, uuid=e.uuid, name=n)) for n in CONTROL_FILES]
+            out = [(n, self._child(e, "ctrlfile", name=n)) for n in CONTROL_FILES]
         elif e.kind == "inst":
-            out = [("info.json", Entry("instinfo", repo=e.repo, uuid=e.uuid, data=e.data))]
-            out += [(p, Entry("plane", repo=e.repo, uuid=e.uuid, data=e.data, plane=p)) for p in PLANES]
-        elif e.kind == "plane":
-            return self._list_slices(e)
+            out = self._inst_children(e)
+        elif e.kind == "body":
+            out = [(n, self._child(e, "bodyfile", name=n)) for n in BODY_FILES]
         else:
             raise NotFoundError("not a directory")
         out.sort(key=lambda t: t[0])
@@ -173,18 +227,23 @@ class Tree:
 
     def _list_slices(self, e: Entry) -> list[tuple[str, Entry, Attr]]:
         node = self.node_of(e)
-        vol = self.vol(e)
-        ext = vol.extents(self.db.view(node))
+        ext = self.vol(e).extents(self.view(e))
         if ext is None:
             return []
-        fixed = PLANE_AXES[e.plane][0]
-        w, h = plane_dims(ext, e.plane)
-        attr = Attr("file", png_size(w, h), not node.locked, self._mtime(node), node.locked)
+        fixed = PLANE_AXES[e.plane[:2]][0]
+        attr = Attr("file", self._slice_size(e, ext), not node.locked and not e.plane.endswith(RGB),
+                    self._mtime(node), node.locked)
+        suffix = self._slice_ext(e)
         # Coordinate order (not name order): `ls -U`, `find`, os.listdir and
-        # Fiji's virtual stack see slices in z order even where names are negative.
-        return [(slice_name(c), Entry("slice", repo=e.repo, uuid=e.uuid, data=e.data,
-                                      plane=e.plane, coord=c), attr)
+        # Fiji's virtual stack see slices in order even where names are negative.
+        return [(slice_name(c, suffix), self._child(e, "slice", coord=c), attr)
                 for c in range(ext.lo[fixed], ext.hi[fixed])]
+
+    def _slice_size(self, e: Entry, ext) -> int:
+        w, h = plane_dims(ext, e.plane[:2])
+        if not self._is_labels(e):
+            return png_size(w, h)
+        return png_size(w, h, 3) if e.plane.endswith(RGB) else tiff_size(w, h, np.uint64)
 
     # ---------------------------------------------------------------- attributes
     def _mtime(self, node: Node) -> float:
@@ -195,30 +254,35 @@ class Tree:
         if k == "root":
             return Attr("dir", 0, True, self.started, False)
         if k == "repo":
-            r = self._repo(e.repo)
-            return Attr("dir", 0, True, r.updated, False)
+            return Attr("dir", 0, True, self._repo(e.repo).updated, False)
         if k == "link":
             return Attr("link", len(self.readlink(e)), False, self.started, False)
         node = self.node_of(e)
-        locked = node.locked
-        mtime = self._mtime(node)
-        if k in ("node", "inst", "plane"):
-            if k != "node":
-                self.vol(e)  # raises if the instance vanished
+        locked, mtime = node.locked, self._mtime(node)
+        if k in ("node", "inst", "plane", "labelsdir", "body"):
+            if k == "body":
+                self.vol(e).require_index(self.view(e), e.coord)
+            elif k != "node":
+                self.vol(e)  # raises if the instance is not visible here
             return Attr("dir", 0, not locked, mtime, locked)
         if k == "ctrl":
             return Attr("dir", 0, True, node.updated, False)
         if k == "ctrlfile":
             return Attr("file", len(self.read(e)), e.name not in READ_ONLY_CONTROL, node.updated, False)
-        if k == "instinfo":
+        if k == "instfile":
+            if e.name == "merge":
+                return Attr("file", 0, not locked, mtime, locked)
+            return Attr("file", len(self.read(e)), False, mtime, locked)
+        if k == "bodyfile":
+            if e.name == "split":
+                return Attr("file", 0, not locked, mtime, locked)
             return Attr("file", len(self.read(e)), False, mtime, locked)
         if k == "slice":
-            vol = self.vol(e)
-            ext = vol.extents(self.db.view(node))
+            ext = self.vol(e).extents(self.view(e))
             if ext is None:
                 raise NotFoundError("empty volume")
-            w, h = plane_dims(ext, e.plane)
-            return Attr("file", png_size(w, h), not locked, mtime, locked)
+            return Attr("file", self._slice_size(e, ext), not locked and not e.plane.endswith(RGB),
+                        mtime, locked)
         raise NotFoundError(f"unknown entry {e}")
 
     def readlink(self, e: Entry) -> str:
@@ -226,21 +290,28 @@ class Tree:
 
     # ---------------------------------------------------------------- reading
     def read(self, e: Entry) -> bytes:
-        """Whole content of a file entry."""
-        if e.kind == "slice":
-            node = self.node_of(e)
-            img = self.vol(e).read_slice(self.db.view(node), e.plane, e.coord)
-            return encode_png_stored(img)
-        if e.kind == "instinfo":
-            node = self.node_of(e)
-            return (json.dumps(self.vol(e).info(self.db.view(node)), indent=2) + "\n").encode()
+        """Whole content of a file entry (rendered data cached per write generation)."""
+        if e.kind in ("slice", "bodyfile"):
+            key = (e, self.generation.get((e.uuid, e.data), 0))
+            data = self.cache.get(key)
+            if data is None:
+                data = self._render(e)
+                self.cache.put(key, data)
+            return data
+        if e.kind == "instfile":
+            view = self.view(e)
+            if e.name == "info.json":
+                return _json(self.vol(e).info(view))
+            if e.name == "mutations.jsonl":
+                return "".join(json.dumps(r) + "\n" for r in self.vol(e).mutations(view)).encode()
+            return b""
         if e.kind == "ctrlfile":
             node = self.node_of(e)
             if e.name == "info.json":
                 info = node.info()
                 info["Repo"] = e.repo
                 info["DataInstances"] = {k: v.typename for k, v in self.db.instances_at(node).items()}
-                return (json.dumps(info, indent=2) + "\n").encode()
+                return _json(info)
             if e.name == "log":
                 return "".join(line + "\n" for line in node.log).encode()
             if e.name == "note":
@@ -248,20 +319,58 @@ class Tree:
             return b""  # write-only control files; last-error is served by operations
         raise NotFoundError("not a file")
 
+    def _render(self, e: Entry) -> bytes:
+        vol, view = self.vol(e), self.view(e)
+        if e.kind == "slice":
+            img = vol.read_slice(view, e.plane[:2], e.coord)
+            if not self._is_labels(e):
+                return encode_png_stored(img)
+            return encode_pseudocolor_png(img) if e.plane.endswith(RGB) else encode_tiff(img)
+        body, name = e.coord, e.name
+        if name == "sparsevol":
+            return vol.sparsevol(view, body)
+        if name == "sparsevol-coarse":
+            return vol.sparsevol_coarse(view, body)
+        if name == "size":
+            return f"{vol.size(view, body)}\n".encode()
+        if name == "bbox.json":
+            lo, hi = vol.bbox(view, body)
+            return _json({"MinPoint": list(lo), "MaxPoint": list(hi)})
+        if name == "blocks.json":
+            return _json([list(c) for c in vol.block_coords(view, body)])
+        if name == "supervoxels":
+            return "".join(f"{s}\n" for s in vol.supervoxels(view, body)).encode()
+        return b""  # split is write-only
+
     # ---------------------------------------------------------------- writing
-    def write_slice(self, e: Entry, data: bytes) -> None:
-        """Decode an uploaded PNG/TIFF and store it as slice `e` (all-or-nothing)."""
+    def upload(self, e: Entry, data: bytes) -> str:
+        """Store a file written through the mount when it is closed: a slice image
+        or a split sparsevol.  All-or-nothing; returns what happened."""
         node = self.node_of(e)
         if node.locked:
             raise ReadOnlyError(f"node {node.uuid} is committed (read-only)")
         vol = self.vol(e)
+        if e.kind == "bodyfile" and e.name == "split":
+            rec = vol.split(node, e.coord, bytes(data))
+            return f"split {e.coord}: new label {rec['NewLabel']}"
+        if e.kind != "slice":
+            raise InvalidInputError("this file is read-only")
+        if e.plane.endswith(RGB):
+            raise InvalidInputError(f"{e.plane} shows colours; write uint64 TIFF slices to {e.plane[:2]}/ instead")
         img = decode_image(bytes(data), vol.dtype)
-        vol.write_slice(node, e.plane, e.coord, img)
+        vol.write_slice(node, e.plane[:2], e.coord, img)
+        return f"wrote {e.plane} slice {e.coord}"
 
     def control(self, e: Entry, text: str) -> str:
-        """Run a control-file command; returns a short description of what happened."""
+        """Run a text command written to a control file; returns what happened."""
         node = self.node_of(e)
         text = text.strip()
+        if e.kind == "instfile" and e.name == "merge":
+            ids = re.split(r"[\s,]+", text)
+            if len(ids) < 2 or not all(i.isdigit() for i in ids):
+                raise InvalidInputError("write 'TARGET LABEL [LABEL…]' (decimal ids) to merge labels into TARGET")
+            rec = self.vol(e).merge(node, int(ids[0]), [int(i) for i in ids[1:]])
+            return f"merged {ids[1:]} into {ids[0]} (mutation {rec['MutationID']})"
         name = e.name
         if name in READ_ONLY_CONTROL:
             raise InvalidInputError(f"{CTRL_DIR}/{name} is read-only")
@@ -304,16 +413,12 @@ class Tree:
             self.db.new_repo(name)
             return Entry("repo", repo=name)
         if parent.kind == "node":
-            node = self.node_of(parent)
-            self.store.new_instance(node, name, "grayscale")
+            self.store.new_instance(self.node_of(parent), name, "grayscale")
             return Entry("inst", repo=parent.repo, uuid=parent.uuid, data=name)
-        raise ReadOnlyError(f"cannot create directories here") if self._locked(parent) else \
-            InvalidInputError("directories can only be made at the top (a repo) or in a node (a grayscale instance)")
-
-    def _locked(self, e: Entry) -> bool:
-        return bool(e.uuid) and self.node_of(e).locked
+        if parent.uuid and self.node_of(parent).locked:
+            raise ReadOnlyError("cannot create directories in a committed node")
+        raise InvalidInputError("directories can be made at the top (a repo) or in a node (a grayscale instance)")
 
 
-def parse_slice_name(name: str) -> int | None:
-    m = SLICE_RE.match(name)
-    return int(m.group(1)) if m else None
+def _json(obj) -> bytes:
+    return (json.dumps(obj, indent=2) + "\n").encode()

@@ -196,9 +196,9 @@ class VersionDB:
         self._index_ancestry(node)
 
     def new_repo(self, alias: str, description: str = "", root: str | None = None) -> Repo:
-        if not NAME_RE.match(alias) or UUID_RE.match(alias):
-            raise InvalidInputError(f"{alias!r} is not a valid repo name (letters, digits, _ . + -; "
-                                    "not a UUID)")
+        if not NAME_RE.match(alias) or _HEX_RE.match(alias.lower()):
+            raise InvalidInputError(f"{alias!r} is not a valid repo name (letters, digits, _ . + -, and "
+                                    "at least one non-hex character so it cannot be taken for a UUID prefix)")
         with self.lock:
             if any(r.alias == alias for r in self.repos.values()):
                 raise ExistsError(f"a repo named {alias!r} already exists")

@@ -1,0 +1,232 @@
+"""Tests for dvidfs.sample: deterministic synthetic EM volumes.
+
+Small volumes only (48 x 64 x 80 with the default 24-voxel cells, i.e. grid
+layers at z = 24 so slab boundaries can straddle them); the whole file runs
+in about a second.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dvidfs import sample
+from dvidfs.errors import InvalidInputError
+from dvidfs.sample import iter_sample, make_sample, sample_slab
+
+SHAPE = (48, 64, 80)
+
+
+@pytest.fixture(scope="module")
+def vol() -> tuple[np.ndarray, np.ndarray]:
+    return make_sample(SHAPE, seed=7)
+
+
+def _boundary(labels: np.ndarray) -> np.ndarray:
+    """Voxels with at least one 6-neighbour of a different label."""
+    b = np.zeros(labels.shape, bool)
+    for ax in range(3):
+        diff = np.diff(labels, axis=ax) != 0
+        lo = [slice(None)] * 3
+        hi = [slice(None)] * 3
+        lo[ax], hi[ax] = slice(None, -1), slice(1, None)
+        b[tuple(lo)] |= diff
+        b[tuple(hi)] |= diff
+    return b
+
+
+def _components(labels: np.ndarray) -> np.ndarray:
+    """6-connected components of equal label: per voxel, the smallest flat
+    index in its component (min-propagation plus pointer jumping)."""
+    comp = np.arange(labels.size).reshape(labels.shape)
+    while True:
+        before = comp.copy()
+        for ax in range(3):
+            lo = [slice(None)] * 3
+            hi = [slice(None)] * 3
+            lo[ax], hi[ax] = slice(None, -1), slice(1, None)
+            lo, hi = tuple(lo), tuple(hi)
+            same = labels[lo] == labels[hi]
+            m = np.where(same, np.minimum(comp[lo], comp[hi]), comp[lo])
+            comp[lo] = m
+            comp[hi] = np.where(same, np.minimum(comp[hi], m), comp[hi])
+        flat = comp.ravel()
+        for _ in range(4):
+            flat = flat[flat]
+        comp = flat.reshape(labels.shape)
+        if np.array_equal(comp, before):
+            return comp
+
+
+# --- shape, dtype, determinism -------------------------------------------
+
+def test_dtype_and_shape(vol):
+    gray, labels = vol
+    assert gray.shape == labels.shape == SHAPE
+    assert gray.dtype == np.uint8 and labels.dtype == np.uint64
+    assert gray.flags.c_contiguous and labels.flags.c_contiguous
+    g, lab = sample_slab(SHAPE, 5, 9, seed=7)
+    assert g.shape == lab.shape == (4, 64, 80)
+    assert g.dtype == np.uint8 and lab.dtype == np.uint64
+
+
+def test_same_seed_same_bytes(vol):
+    gray, labels = make_sample(SHAPE, seed=7)
+    assert gray.tobytes() == vol[0].tobytes()
+    assert labels.tobytes() == vol[1].tobytes()
+
+
+def test_different_seed_differs(vol):
+    gray, labels = make_sample(SHAPE, seed=8)
+    assert np.mean(gray != vol[0]) > 0.5
+    assert not set(np.unique(labels)) & set(np.unique(vol[1]))
+
+
+def test_cell_size_changes_cells(vol):
+    _, labels = make_sample(SHAPE, seed=7, cell_size=12)
+    assert len(np.unique(labels)) > 3 * len(np.unique(vol[1]))
+
+
+# --- slabs are independent -------------------------------------------------
+
+@pytest.mark.parametrize("z0,z1", [(0, 1), (0, 48), (5, 29), (23, 25), (24, 48), (47, 48), (13, 13)])
+def test_slab_equals_slice(vol, z0, z1):
+    gray, labels = sample_slab(SHAPE, z0, z1, seed=7)
+    assert np.array_equal(gray, vol[0][z0:z1])
+    assert np.array_equal(labels, vol[1][z0:z1])
+
+
+@settings(max_examples=20, deadline=None)
+@given(st.integers(0, 48), st.integers(0, 48))
+def test_slab_equals_slice_any_range(vol, a, b):
+    z0, z1 = min(a, b), max(a, b)
+    gray, labels = sample_slab(SHAPE, z0, z1, seed=7, workers=1)
+    assert np.array_equal(gray, vol[0][z0:z1])
+    assert np.array_equal(labels, vol[1][z0:z1])
+
+
+def test_iter_sample_odd_slabs_reassemble(vol):
+    parts = list(iter_sample(SHAPE, seed=7, slab=7))
+    assert [z0 for z0, _, _ in parts] == list(range(0, 48, 7))
+    assert np.array_equal(np.concatenate([g for _, g, _ in parts]), vol[0])
+    assert np.array_equal(np.concatenate([lab for _, _, lab in parts]), vol[1])
+
+
+def test_make_sample_slab_size_and_workers_irrelevant(vol):
+    gray, labels = make_sample(SHAPE, seed=7, slab=5, workers=1)
+    assert np.array_equal(gray, vol[0]) and np.array_equal(labels, vol[1])
+    gray, labels = make_sample(SHAPE, seed=7, slab=48, workers=3)
+    assert np.array_equal(gray, vol[0]) and np.array_equal(labels, vol[1])
+
+
+def test_values_depend_only_on_global_coordinate(vol):
+    # A smaller/deeper volume is a crop of the same infinite pattern: no
+    # dependence on padding, extent, or the last partial grid cell.
+    gray, labels = make_sample((30, 50, 61), seed=7)
+    assert np.array_equal(gray, vol[0][:30, :50, :61])
+    assert np.array_equal(labels, vol[1][:30, :50, :61])
+    gray, labels = sample_slab((100, 64, 80), 40, 48, seed=7)
+    assert np.array_equal(gray, vol[0][40:48])
+
+
+# --- labels ----------------------------------------------------------------
+
+def test_label_ids_unique_large_nonzero(vol):
+    ids = np.unique(vol[1])
+    assert len(ids) >= 20
+    assert ids[0] >= 1 and ids[-1] <= 2**40
+    assert np.mean(ids > 2**32) > 0.5  # really exercises uint64
+    assert not np.all(np.diff(ids) == 1)  # not a contiguous range
+
+
+def test_seed_voxel_has_its_cells_label(vol):
+    labels = vol[1]
+    cs = 24
+    sl = sample._Slab(SHAPE, 0, SHAPE[0], 7, cs)  # grid tables, halo offset 1
+    checked = 0
+    for cz in range(2):
+        for cy in range(3):
+            for cx in range(4):
+                z, y, x = np.rint(sl.params[cz + 1, cy + 1, cx + 1, :3]).astype(int)
+                if z < SHAPE[0] and y < SHAPE[1] and x < SHAPE[2]:
+                    assert labels[z, y, x] == sl.ids[cz + 1, cy + 1, cx + 1]
+                    checked += 1
+    assert checked >= 12
+
+
+def test_labels_mostly_connected(vol):
+    labels = vol[1]
+    comp = _components(labels)
+    roots, sizes = np.unique(comp, return_counts=True)
+    root_label = labels.ravel()[roots]
+    total = {}
+    largest = {}
+    for lab, n in zip(root_label.tolist(), sizes.tolist()):
+        total[lab] = total.get(lab, 0) + n
+        largest[lab] = max(largest.get(lab, 0), n)
+    assert sum(largest.values()) >= 0.99 * labels.size
+    for lab, n in total.items():
+        if n >= 200:
+            assert largest[lab] >= 0.9 * n, lab
+
+
+def test_components_helper_can_fail():
+    # Guard that the connectivity check above is not vacuous.
+    labels = np.zeros((3, 5, 5), np.uint64)
+    labels[:, :, 2] = 1  # a wall splits label 0 into two pieces
+    comp = _components(labels)
+    assert len(np.unique(comp[labels == 0])) == 2
+    assert len(np.unique(comp[labels == 1])) == 1
+
+
+# --- gray --------------------------------------------------------------------
+
+def test_membranes_darker_than_interiors(vol):
+    gray, labels = vol
+    b = _boundary(labels)
+    assert 0.05 < b.mean() < 0.5
+    assert gray[b].mean() < gray[~b].mean() - 50
+
+
+def test_cells_differ_in_brightness_and_have_texture(vol):
+    gray, labels = vol
+    inner = ~_boundary(labels)
+    means, stds = [], []
+    for lab in np.unique(labels):
+        v = gray[(labels == lab) & inner].astype(float)
+        if v.size > 500:
+            means.append(np.median(v))
+            stds.append(v.std())
+    assert np.std(means) > 5  # per-cell brightness variation
+    assert 5 < np.median(stds) < 40  # noise/texture, not flat, not garbage
+
+
+def test_noise_is_not_a_smooth_field(vol):
+    # Per-voxel noise: horizontal neighbours inside cells are nearly
+    # uncorrelated after removing the cell's level.
+    gray, labels = vol
+    g = gray.astype(float)
+    same = (labels[:, :, 1:] == labels[:, :, :-1]) & ~_boundary(labels)[:, :, 1:]
+    a, b = g[:, :, 1:][same], g[:, :, :-1][same]
+    d = a - b
+    assert d.std() > 10  # two independent N(0, ~11) samples differ by ~15 sd
+
+
+# --- arguments ---------------------------------------------------------------
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda: sample_slab((0, 8, 8), 0, 0),
+        lambda: sample_slab((8, 8), 0, 1),
+        lambda: sample_slab((8, 8, 8), 3, 2),
+        lambda: sample_slab((8, 8, 8), 0, 9),
+        lambda: sample_slab((8, 8, 8), 0, 1, cell_size=2),
+        lambda: make_sample((8, 8, 8), slab=0),
+        lambda: list(iter_sample((8, 8, 8), slab=0)),
+    ],
+)
+def test_bad_arguments(call):
+    with pytest.raises(InvalidInputError):
+        call()
