@@ -161,6 +161,61 @@ def cmd_sample(args) -> None:
         print(f"repo {args.repo!r}: {sx}x{sy}x{sz} sample in node {uuid} (committed)")
 
 
+def _labels(s, args):
+    node = s.node(args.node)
+    vol = s.data(node, args.data)
+    if vol.typename != "labels":
+        raise InvalidInputError(f"{args.data!r} is a {vol.typename} instance, not labels")
+    return node, vol
+
+
+def cmd_labels_merge(args) -> None:
+    with _open(args) as s:
+        node, vol = _labels(s, args)
+        rec = vol.merge(node, args.target, args.labels)
+        print(json.dumps(rec))
+
+
+def cmd_labels_split(args) -> None:
+    with _open(args) as s:
+        node, vol = _labels(s, args)
+        with open(args.rles, "rb") as f:
+            rec = vol.split(node, args.label, f.read())
+        print(rec["NewLabel"])
+
+
+def cmd_labels_size(args) -> None:
+    with _open(args) as s:
+        node, vol = _labels(s, args)
+        print(vol.size(s.db.view(node), args.label))
+
+
+def cmd_labels_sparsevol(args) -> None:
+    with _open(args) as s:
+        node, vol = _labels(s, args)
+        data = vol.sparsevol(s.db.view(node), args.label, args.min, args.max)
+        if args.out == "-":
+            sys.stdout.buffer.write(data)
+        else:
+            with open(args.out, "wb") as f:
+                f.write(data)
+
+
+def cmd_labels_list(args) -> None:
+    with _open(args) as s:
+        node, vol = _labels(s, args)
+        view = s.db.view(node)
+        for b in vol.bodies(view):
+            print(f"{b}\t{vol.size(view, int(b))}" if args.sizes else b)
+
+
+def cmd_labels_mutations(args) -> None:
+    with _open(args) as s:
+        node, vol = _labels(s, args)
+        for rec in vol.mutations(s.db.view(node)):
+            print(json.dumps(rec))
+
+
 def cmd_mount(args) -> None:
     from dvidfs.fs.mount import mount
     mount(args.path, args.mountpoint, foreground=args.foreground, debug=args.debug)
@@ -246,6 +301,33 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--no-labels", action="store_true")
     c.set_defaults(fn=cmd_sample)
 
+    lab = sub.add_parser("labels", help="label bodies: list, size, sparsevol, merge, split, mutations")
+    lsub = lab.add_subparsers(dest="sub", required=True)
+
+    def lab_cmd(name, fn, help):
+        c = lsub.add_parser(name, help=help)
+        c.add_argument("node")
+        c.add_argument("data")
+        c.set_defaults(fn=fn)
+        return c
+
+    c = lab_cmd("merge", cmd_labels_merge, "merge bodies into a target body (prints the mutation record)")
+    c.add_argument("target", type=int)
+    c.add_argument("labels", type=int, nargs="+")
+    c = lab_cmd("split", cmd_labels_split, "cut the voxels of a DVID sparsevol file out of a body (prints the new id)")
+    c.add_argument("label", type=int)
+    c.add_argument("rles", help="file holding DVID sparsevol (rles) bytes")
+    c = lab_cmd("size", cmd_labels_size, "voxel count of a body")
+    c.add_argument("label", type=int)
+    c = lab_cmd("sparsevol", cmd_labels_sparsevol, "a body's voxels as DVID sparsevol bytes")
+    c.add_argument("label", type=int)
+    c.add_argument("-o", "--out", default="-", help="output file (default stdout)")
+    c.add_argument("--min", type=_xyz, default=None, help="x,y,z lower bound (inclusive)")
+    c.add_argument("--max", type=_xyz, default=None, help="x,y,z upper bound (inclusive)")
+    c = lab_cmd("list", cmd_labels_list, "body ids present at the node")
+    c.add_argument("--sizes", action="store_true", help="also print each body's voxel count")
+    lab_cmd("mutations", cmd_labels_mutations, "the mutation log (JSON lines)")
+
     c = sub.add_parser("mount", help="mount a store")
     c.add_argument("path", help="store directory")
     c.add_argument("mountpoint")
@@ -266,6 +348,9 @@ def main(argv: list[str] | None = None) -> int:
     except DvidfsError as exc:
         print(f"dvidfs: error: {exc}", file=sys.stderr)
         return 1
+    except BrokenPipeError:  # `dvidfs labels list … | head`: not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except OSError as exc:
         print(f"dvidfs: error: {exc.filename or ''}{': ' if exc.filename else ''}{exc.strerror or exc}",
               file=sys.stderr)
