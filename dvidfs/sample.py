@@ -26,13 +26,14 @@ The model, cheapest-first:
   "mitochondria"; and Gaussian-like per-voxel noise.
 
 Speed: the nearest/second-nearest search is the cost (27 candidates per
-voxel).  Work is done per small chunk (a few grid cells, sized for L2 cache)
-laid out as ``(z, y_in_cell, x_cell, x_in_cell)`` so each candidate's
-distance needs exactly one full-size float32 add; the z/y/x terms live at
-grid resolution.  Candidate index is packed into the 5 low mantissa bits of
-the distance, so the running best/second-best is just int32 min/max.  Only
-correctly rounded elementwise ops are used on voxels (+ - * sqrt min max and
-integer ops), so chunking and SIMD paths cannot change a single byte.
+voxel, ~6 numpy passes each).  Work is done per small chunk (one grid layer
+and row, a few grid columns: L2-sized) in which the per-seed z, y and x
+distance terms live at grid resolution, so each candidate needs a single
+full-size float32 add.  The candidate number is packed into the 5 low
+mantissa bits of the distance, so the running best/second-best is just int32
+min/max.  Threads split a slab into chunks (numpy releases the GIL).  Only
+correctly rounded elementwise ops touch voxels (+ - * sqrt min max, integer
+ops, table lookups), so the chunking cannot change a single byte.
 """
 from __future__ import annotations
 
@@ -176,7 +177,7 @@ class _Blobs:
 
     One candidate blob per blob-grid cell, kept strictly inside it, so a
     voxel only ever looks at its own blob-grid cell.  Blob parameters are
-    hashed once per slab; `field` then costs two full-size ops per chunk.
+    hashed once per slab; `field` then costs three full-size ops per chunk.
     """
 
     def __init__(self, kind: tuple, seed: int, z0: int, z1: int, Y: int, X: int):
@@ -207,9 +208,8 @@ class _Blobs:
         """Darkening (0..cap, float32, shape (len(zs), yb-ya, xb-xa)), a view.
 
         Computed on the enclosing blob-grid-aligned box: a * (1 - q), q the
-        ellipsoid radius^2, splits into a (z, y) and an (z, x) term that live
-        at blob-grid resolution; only the final subtract and max(0) are full
-        size.
+        ellipsoid radius^2, splits into a (z, y) and a (z, x) term that live
+        at blob-grid resolution; only repeat, subtract and clip are full size.
         """
         g = self.g
         fy0, fy1 = ya // g, -(-yb // g)
@@ -354,9 +354,7 @@ def _fill(shape: tuple[int, int, int], z0: int, z1: int, seed: int, cs: int,
     # Chunks stay inside one grid layer (so seed terms don't vary with z) and
     # hold ~_CHUNK_VOXELS voxels: one grid row, a few grid columns.
     jobs = []
-    for za in range(z0, z1):
-        if za != z0 and za % cs:
-            continue
+    for za in [z0, *range((z0 // cs + 1) * cs, z1, cs)]:
         zb = min(z1, (za // cs + 1) * cs)
         xcells = max(1, min(sl.ncx, _CHUNK_VOXELS // (cs * cs * (zb - za))))
         jobs += [(za, zb, cy, cxa, min(cxa + xcells, sl.ncx))
