@@ -141,6 +141,18 @@ def cmd_log(args) -> None:
                 print(f"    {line}")
 
 
+def cmd_dag(args) -> None:
+    """Every node of a repo, oldest first, with its parents: the whole DAG."""
+    with _open(args) as s:
+        repo = s.db.repo(args.repo)
+        tips = {n.uuid: b for b, n in s.db.branches(repo).items()}
+        for n in s.db.repo_nodes(repo):
+            parents = ",".join(p[:8] for p in n.parents) or "-"
+            tip = f"  <- {tips[n.uuid]}" if n.uuid in tips else ""
+            print(f"{n.uuid}  {n.branch_name:<12} {'committed' if n.locked else 'open':<9} "
+                  f"parents {parents:<17} {n.note}{tip}")
+
+
 def cmd_info(args) -> None:
     with _open(args) as s:
         node = s.node(args.node)
@@ -290,6 +302,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--json", action="store_true")
     c.set_defaults(fn=cmd_log)
 
+    c = sub.add_parser("dag", help="all nodes of a repo with their parents and branch tips")
+    c.add_argument("repo", help="repo name or any node UUID in it")
+    c.set_defaults(fn=cmd_dag)
+
     c = sub.add_parser("info", help="node and data instance info as JSON")
     c.add_argument("node")
     c.set_defaults(fn=cmd_info)
@@ -341,8 +357,26 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+_XYZ_OPTIONS = ("--offset", "--size", "--min", "--max", "--voxel-size")
+
+
+def _join_negative_values(argv: list[str]) -> list[str]:
+    """`--offset -3,4,5` would look like an option to argparse: glue it to its flag."""
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        if argv[i] in _XYZ_OPTIONS and i + 1 < len(argv) and argv[i + 1].startswith("-"):
+            out.append(f"{argv[i]}={argv[i + 1]}")
+            i += 2
+        else:
+            out.append(argv[i])
+            i += 1
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser().parse_args(_join_negative_values(argv))
     try:
         args.fn(args)
     except DvidfsError as exc:
