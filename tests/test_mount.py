@@ -215,12 +215,18 @@ def test_write_beyond_extents_extends_them(rw_mount, tmp_path):
     src = tmp_path / "s.png"
     Image.fromarray(img).save(src)
     z = OFFSET[2] + SHAPE[0] + 3
+    xz = mnt / f"em/{uuid}/gray/xz/{OFFSET[1]:05d}.png"
+    size_before = os.stat(xz).st_size          # now cached by the kernel (long timeout)
     assert run("cp", src, mnt / f"em/{uuid}/gray/xy/{z}.png").returncode == 0
     names = run("ls", mnt / f"em/{uuid}/gray/xy").stdout.split()
     assert names[-1] == f"{z:05d}.png" and len(names) == SHAPE[0] + 4
     np.testing.assert_array_equal(_png(mnt / f"em/{uuid}/gray/xy/{z:05d}.png"), img)
     # the gap reads as background 0
     assert _png(mnt / f"em/{uuid}/gray/xy/{z - 1:05d}.png").max() == 0
+    # xz slices grew by 4 rows: the cached size was invalidated, stat agrees with the bytes
+    assert os.stat(xz).st_size > size_before
+    assert os.stat(xz).st_size == len(xz.read_bytes())
+    assert _png(xz).shape == (SHAPE[0] + 4, SHAPE[2])
 
 
 def test_rsync_stack_into_slices(rw_mount, tmp_path):

@@ -103,7 +103,6 @@ def run_foreground(store_path: str, mountpoint: str, debug: bool = False) -> Non
 
 async def _serve(ops: DvidOperations) -> None:
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(ops.invalidator)
         nursery.start_soon(_stop_on_signal, nursery)
         await pyfuse3.main()
         nursery.cancel_scope.cancel()
