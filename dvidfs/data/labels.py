@@ -155,7 +155,8 @@ class Labels(BlockVolume):
         """Every body id with voxels at this node, ascending (keys only, no voxels read)."""
         lo = _u64_tkey(keys.CLASS_LABEL_INDEX, 0)
         hi = _u64_tkey(keys.CLASS_LABEL_INDEX, 2**64 - 1)
-        ids = [_U64.unpack(tk[1:])[0] for tk, _ in versioned.scan(self.engine, self.inst.id, lo, hi, view)]
+        ids = [_U64.unpack(tk[1:])[0]
+               for tk, _ in versioned.scan(self.engine, self.inst.id, lo, hi, view, include_value=False)]
         return np.array(ids, np.uint64)
 
     def size(self, view: VersionView, body: int) -> int:

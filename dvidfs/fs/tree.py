@@ -202,8 +202,9 @@ class Tree:
         if e.kind == "labelsdir":
             node = self.node_of(e)
             a = Attr("dir", 0, not node.locked, self._mtime(node), node.locked)
-            return [(str(b), self._child(e, "body", coord=int(b)), a)
-                    for b in self.vol(e).bodies(self.view(e))]
+            repo, uuid, data = e.repo, e.uuid, e.data
+            return [(str(b), Entry("body", repo, uuid, data, "", b, ""), a)
+                    for b in self.vol(e).bodies(self.view(e)).tolist()]
         if e.kind == "root":
             out = [(r.alias, Entry("repo", repo=r.alias)) for r in self.db.repos.values()]
         elif e.kind == "repo":

@@ -47,6 +47,9 @@ _DELETED = object()
 def _resolve(entries: list[tuple[int, bool, bytes]], view: VersionView, what: bytes) -> bytes | None:
     """Pick the nearest-ancestor entry among (version, tombstone, value) triples."""
     visible = view.visible
+    if len(entries) == 1:  # the common case: one stored version
+        version, tomb, value = entries[0]
+        return None if tomb or version not in visible else value
     cands = [e for e in entries if e[0] in visible]
     if not cands:
         return None
@@ -77,15 +80,18 @@ def get(reader: Reader, instance_id: int, tk: bytes, view: VersionView) -> bytes
 
 
 def scan(reader: Reader, instance_id: int, tk_lo: bytes, tk_hi: bytes,
-         view: VersionView) -> Iterator[tuple[bytes, bytes]]:
+         view: VersionView, include_value: bool = True) -> Iterator[tuple[bytes, bytes]]:
     """(TKey, value) for every live key with tk_lo <= TKey <= tk_hi, in byte
-    order, resolved at `view`.  Meant for fixed-length TKeys (block rows)."""
+    order, resolved at `view`.  Meant for fixed-length TKeys (block rows).
+    With include_value=False only keys are read (values come back as b"")."""
     prefix = keys.instance_prefix(instance_id)
     start = prefix + tk_lo
     stop = prefix + tk_hi + b"\xff" * (keys.SUFFIX_LEN + 1)
     cur_tk: bytes | None = None
     entries: list[tuple[int, bool, bytes]] = []
-    for k, v in reader.scan(start, stop):
+    items = reader.scan(start, stop, include_value=include_value)
+    for item in items:
+        k, v = item if include_value else (item, b"-")
         _, tk, version, tomb = keys.split_data_key(k)
         if tk != cur_tk:
             if entries:
