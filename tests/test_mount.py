@@ -309,6 +309,14 @@ def test_mkdir_repo_and_instance(rw_mount, tmp_path):
     assert run("cp", tmp_path / "0.png", mnt / f"newrepo/{root}/em/xy/0.png").returncode == 0
     np.testing.assert_array_equal(_png(mnt / f"newrepo/{root}/em/xy/00000.png"), img)
     assert run("mkdir", mnt / "newrepo").returncode != 0  # exists
+    # a labels instance through the control file; a bad type is refused with a message
+    assert run("sh", "-c", f"echo 'labels seg 16' > {mnt}/newrepo/{root}/.dvid/newdata").returncode == 0
+    assert sorted(os.listdir(mnt / f"newrepo/{root}/seg")) == [
+        "info.json", "labels", "merge", "mutations.jsonl", "xy", "xy-rgb", "xz", "xz-rgb", "yz", "yz-rgb"]
+    assert json.loads((mnt / f"newrepo/{root}/seg/info.json").read_text())["Extended"]["BlockSize"] == [16] * 3
+    assert run("sh", "-c", f"echo 'voxels v' > {mnt}/newrepo/{root}/.dvid/newdata").returncode != 0
+    assert "unknown data type" in (mnt / f"newrepo/{root}/.dvid/last-error").read_text()
+    assert sorted(os.listdir(mnt / f"newrepo/{root}")) == [".dvid", "em", "seg"]
 
 
 def test_reader_during_writes(rw_mount, tmp_path):
