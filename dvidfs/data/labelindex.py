@@ -43,6 +43,20 @@ def unpack_blocks(keys: np.ndarray) -> np.ndarray:
     return out
 
 
+def _summed(b: np.ndarray, s: np.ndarray, c: np.ndarray) -> "LabelIndex":
+    """Rows sorted by (block, supervoxel), duplicates summed, zero rows dropped."""
+    if not len(b):
+        return LabelIndex()
+    order = np.lexsort((s, b))
+    b, s, c = b[order], s[order], c[order]
+    first = np.ones(len(b), bool)
+    first[1:] = (b[1:] != b[:-1]) | (s[1:] != s[:-1])
+    starts = np.flatnonzero(first)
+    sums = np.add.reduceat(c, starts)
+    keep = sums != 0
+    return LabelIndex(b[starts][keep], s[starts][keep], sums[keep])
+
+
 class LabelIndex:
     """Rows (block, supervoxel, count), sorted, no zero counts."""
 
@@ -79,21 +93,18 @@ class LabelIndex:
     # ------------------------------------------------------------ changes
     def add(self, blocks: np.ndarray, svs: np.ndarray, deltas: np.ndarray) -> "LabelIndex":
         """A new index with count deltas added (rows reaching 0 disappear)."""
-        b = np.concatenate([self.blocks, np.asarray(blocks, np.uint64)])
-        s = np.concatenate([self.svs, np.asarray(svs, np.uint64)])
-        c = np.concatenate([self.counts, np.asarray(deltas, np.int64)])
-        if not len(b):
-            return LabelIndex()
-        order = np.lexsort((s, b))
-        b, s, c = b[order], s[order], c[order]
-        first = np.ones(len(b), bool)
-        first[1:] = (b[1:] != b[:-1]) | (s[1:] != s[:-1])
-        starts = np.flatnonzero(first)
-        sums = np.add.reduceat(c, starts)
-        if (sums < 0).any():
+        out = _summed(np.concatenate([self.blocks, np.asarray(blocks, np.uint64)]),
+                      np.concatenate([self.svs, np.asarray(svs, np.uint64)]),
+                      np.concatenate([self.counts, np.asarray(deltas, np.int64)]))
+        if (out.counts < 0).any():
             raise InvalidInputError("label index would get a negative count (index out of sync)")
-        keep = sums > 0
-        return LabelIndex(b[starts][keep], s[starts][keep], sums[keep])
+        return out
+
+    def difference(self, other: "LabelIndex") -> "LabelIndex":
+        """Signed rows other - self (counts may be negative): what a branch changed."""
+        return _summed(np.concatenate([other.blocks, self.blocks]),
+                       np.concatenate([other.svs, self.svs]),
+                       np.concatenate([other.counts, -self.counts]))
 
     def union(self, other: "LabelIndex") -> "LabelIndex":
         return self.add(other.blocks, other.svs, other.counts)

@@ -32,7 +32,7 @@ import numpy as np
 from dvidfs.data.geometry import XYZ, Box
 from dvidfs.data.labelindex import LabelIndex, pack_block, unpack_block
 from dvidfs.data.volume import BlockVolume
-from dvidfs.errors import InvalidInputError, NotFoundError
+from dvidfs.errors import ConflictError, InvalidInputError, NotFoundError
 from dvidfs.formats.labelblock import decode_label_block, encode_label_block
 from dvidfs.formats import sparsevol as sv
 from dvidfs.store import keys, versioned
@@ -50,12 +50,36 @@ def _u64_tkey(cls: int, v: int) -> bytes:
     return keys.tkey(cls, _U64.pack(int(v)))
 
 
-def _merge_max(values: list[bytes | None]) -> bytes | None:
-    vals = [struct.unpack("<Q", v)[0] for v in values if v]
+def _merge_max(ctx) -> bytes | None:
+    vals = [struct.unpack("<Q", v)[0] for v in ctx.parent_values() if v]
     return struct.pack("<Q", max(vals)) if vals else None
 
 
+def _merge_index(ctx) -> bytes | None:
+    """A body's label index after a node merge: the common ancestry's index plus
+    each side's change to it.  Two sides changing the body's rows in the same
+    block cannot be told apart from counting twice, so that is a conflict (a
+    block changed differently on two sides is refused as a block conflict anyway)."""
+    base_raw = ctx.base_value()
+    base = LabelIndex.decode(base_raw) if base_raw else LabelIndex()
+    changes, touched = [], []
+    for raw in ctx.parent_values():
+        side = LabelIndex.decode(raw) if raw else LabelIndex()
+        d = base.difference(side)
+        changes.append(d)
+        touched.append(set(np.unique(d.blocks).tolist()))
+    for i in range(len(touched)):
+        for j in range(i + 1, len(touched)):
+            if touched[i] & touched[j]:
+                raise ConflictError("the same body changed in the same block on two sides")
+    merged = base
+    for d in changes:
+        merged = merged.add(d.blocks, d.svs, d.counts)
+    return merged.encode() if len(merged) else None
+
+
 MERGEABLE[keys.CLASS_MAX_LABEL] = _merge_max
+MERGEABLE[keys.CLASS_LABEL_INDEX] = _merge_index
 
 
 class Mapping:
@@ -168,6 +192,15 @@ class Labels(BlockVolume):
     def block_coords(self, view: VersionView, body: int) -> list[XYZ]:
         return [unpack_block(int(k)) for k in self.require_index(view, body).block_keys()]
 
+    def _repo_max_key(self) -> bytes:
+        return keys.meta_key(f"maxlabel:{self.inst.id}")
+
+    def repo_max_label(self) -> int:
+        """Largest id ever written or allocated in any version (DVID's MaxRepoLabel):
+        new split ids come from above it, so two branches never hand out the same id."""
+        v = self.engine.get(self._repo_max_key())
+        return struct.unpack("<Q", v)[0] if v else 0
+
     def max_label(self, view: VersionView, reader: Reader | None = None) -> int:
         v = versioned.get(reader or self.engine, self.inst.id, MAXLABEL_TKEY, view)
         return struct.unpack("<Q", v)[0] if v else 0
@@ -257,6 +290,8 @@ class Labels(BlockVolume):
         if self._max_written > self.max_label(view, reader):
             versioned.put(batch, self.inst.id, MAXLABEL_TKEY, node.version_id,
                           struct.pack("<Q", self._max_written))
+        if self._max_written > self.repo_max_label():
+            batch.put(self._repo_max_key(), struct.pack("<Q", self._max_written))
         self._deltas = []
 
     def _put_index(self, batch: Batch, node: Node, body: int, idx: LabelIndex) -> None:
@@ -298,13 +333,18 @@ class Labels(BlockVolume):
             batch = Batch()
             with self.engine.snapshot() as snap:
                 tidx = self.require_index(view, target, snap)
+                gone = set(others)
+                # supervoxels already mapped to a merged body but with no voxels now
+                # (overwritten since): remap them too, so the chain stays transitive
+                remap = {sv_ for sv_, b in self.mapping(view, snap).pairs.items() if b in gone}
                 for o in others:
                     oidx = self.require_index(view, o, snap)
-                    for s in oidx.supervoxels():
-                        versioned.put(batch, self.inst.id, _u64_tkey(keys.CLASS_MAPPING, int(s)),
-                                      node.version_id, struct.pack("<Q", target))
+                    remap.update(int(s) for s in oidx.supervoxels())
                     tidx = tidx.union(oidx)
                     self._put_index(batch, node, o, LabelIndex())
+                for s in sorted(remap):
+                    versioned.put(batch, self.inst.id, _u64_tkey(keys.CLASS_MAPPING, s),
+                                  node.version_id, struct.pack("<Q", target))
                 self._put_index(batch, node, target, tidx)
                 rec = self._log(batch, node, {"Action": "merge", "Target": target, "Labels": others})
             self.engine.apply(batch)
@@ -326,7 +366,7 @@ class Labels(BlockVolume):
             with self.engine.snapshot() as snap:
                 self.require_index(view, body, snap)
                 mapping = self.mapping(view, snap)
-                new_id = self.max_label(view, snap) + 1
+                new_id = max(self.max_label(view, snap), self.repo_max_label()) + 1
                 self.begin_stage(snap, view)
                 cut = 0
                 for bcoord in self._blocks_of_runs(runs):

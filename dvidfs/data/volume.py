@@ -32,8 +32,8 @@ from dvidfs.data.geometry import (PLANES, XYZ, BlockGrid, Box, image_to_volume, 
 EXTENTS_TKEY = keys.tkey(keys.CLASS_EXTENTS)
 
 
-def _merge_extents(values: list[bytes | None]) -> bytes | None:
-    boxes = [_box_from_json(v) for v in values if v is not None]
+def _merge_extents(ctx) -> bytes | None:
+    boxes = [_box_from_json(v) for v in ctx.parent_values() if v is not None]
     if not boxes:
         return None
     u = boxes[0]
@@ -302,7 +302,7 @@ class BlockVolume:
 
 
 def _describe_block(tk: bytes) -> str:
-    x, y, z = keys.parse_izyx(tk[1:13])
+    x, y, z = keys.parse_izyx(tk[-12:])  # label blocks have a scale byte before IZYX
     return f"block ({x},{y},{z})"
 
 

@@ -15,22 +15,41 @@ import json
 import re
 import struct
 import threading
+from dataclasses import dataclass
 from typing import Callable, Iterable
 
 from dvidfs.errors import (AmbiguousError, ConflictError, ExistsError, InvalidInputError,
                            NotFoundError, ReadOnlyError)
 from dvidfs.store import keys, versioned
-from dvidfs.store.engine import Batch, Engine
+from dvidfs.store.engine import Batch, Engine, Reader
 from dvidfs.store.versioned import VersionView
 from dvidfs.versions.model import MASTER, NAME_RE, UUID_RE, Instance, Node, Repo, new_uuid, now
 
 _REF_RE = re.compile(r"^(?P<prefix>[^:~]*)(?::(?P<branch>[^~]+))?(?:~(?P<back>\d+))?$")
 _HEX_RE = re.compile(r"^[0-9a-f]+$")
 
-# Keys both sides of a merge may change that have a natural merged value
-# (extents: union box; max label: max).  Registered by data types:
-# class byte -> fn(list of parent values) -> merged value.
-MERGEABLE: dict[int, Callable[[list[bytes | None]], bytes | None]] = {}
+@dataclass
+class MergeContext:
+    """What a merge function sees for one key changed on several sides."""
+
+    reader: Reader
+    instance_id: int
+    tkey: bytes
+    parents: list[VersionView]   # each parent's view
+    base: VersionView            # the common ancestry (nearest value below all parents)
+
+    def parent_values(self) -> list[bytes | None]:
+        return [versioned.get(self.reader, self.instance_id, self.tkey, v) for v in self.parents]
+
+    def base_value(self) -> bytes | None:
+        return versioned.get(self.reader, self.instance_id, self.tkey, self.base)
+
+
+# Keys several sides of a merge may change that have a natural merged value
+# (extents: union box; max label: max; a body's label index: base + each side's
+# change).  Registered by data types: class byte -> fn(MergeContext) -> merged
+# value (None = deleted); a fn raises ConflictError when it cannot merge.
+MERGEABLE: dict[int, Callable[["MergeContext"], bytes | None]] = {}
 # class byte -> fn(TKey) -> human description, for conflict messages.
 DESCRIBE: dict[int, Callable[[bytes], str]] = {}
 
@@ -294,6 +313,7 @@ class VersionDB:
         sides = [self.ancestors(p.version_id) for p in parents]
         common = frozenset.intersection(*sides)
         future = _FutureMerge(self, frozenset.union(*sides))
+        base = _FutureMerge(self, common)
         touched: dict[tuple[int, bytes], int] = {}
         with self.engine.snapshot() as snap:
             for side in sides:
@@ -312,9 +332,13 @@ class VersionDB:
                 except ConflictError:
                     pass
                 fn = MERGEABLE.get(tk[0])
-                if fn is not None:
-                    merged[(inst, tk)] = fn([versioned.get(snap, inst, tk, self.view(p)) for p in parents])
-                else:
+                if fn is None:
+                    conflicts.append((inst, tk))
+                    continue
+                try:
+                    merged[(inst, tk)] = fn(MergeContext(snap, inst, tk, [self.view(p) for p in parents],
+                                                         base.view))
+                except ConflictError:
                     conflicts.append((inst, tk))
         return merged, conflicts
 
