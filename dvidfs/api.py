@@ -11,6 +11,7 @@ from dvidfs.data.grayscale import Grayscale
 from dvidfs.data.labels import Labels
 from dvidfs.data.volume import BlockVolume
 from dvidfs.errors import InvalidInputError, NotFoundError
+from dvidfs.store.cache import LRUCache
 from dvidfs.store.engine import Engine
 from dvidfs.versions.dag import VersionDB
 from dvidfs.versions.model import Node
@@ -23,11 +24,13 @@ def register_type(cls: type[BlockVolume]) -> None:
 
 
 class DvidStore:
-    def __init__(self, path: str | os.PathLike, create: bool = False):
+    def __init__(self, path: str | os.PathLike, create: bool = False, block_cache_bytes: int = 256 << 20):
         self.path = os.fspath(path)
         self.engine = Engine(self.path, create=create)
         self.db = VersionDB(self.engine)
         self._instances: dict[int, BlockVolume] = {}
+        # decoded blocks of every instance: scrolling through slices reuses them
+        self.block_cache = LRUCache(block_cache_bytes) if block_cache_bytes else None
 
     @classmethod
     def init(cls, path: str | os.PathLike) -> "DvidStore":
@@ -60,5 +63,5 @@ class DvidStore:
             raise NotFoundError(f"no data instance {name!r} at node {node.uuid}")
         vol = self._instances.get(inst.id)
         if vol is None:
-            vol = self._instances[inst.id] = TYPES[inst.typename](self.db, inst)
+            vol = self._instances[inst.id] = TYPES[inst.typename](self.db, inst, self.block_cache)
         return vol

@@ -114,8 +114,8 @@ class Labels(BlockVolume):
     default_block = 64
     needs_old_blocks = True
 
-    def __init__(self, db, inst):
-        super().__init__(db, inst)
+    def __init__(self, db, inst, cache=None):
+        super().__init__(db, inst, cache)
         self._maps: dict[int, Mapping] = {}
         self._map_gen: dict[int, int] = {}
         self._map_lock = threading.Lock()
@@ -208,6 +208,7 @@ class Labels(BlockVolume):
     def sparsevol_runs(self, view: VersionView, body: int, min_xyz=None, max_xyz=None) -> np.ndarray:
         """Runs (n, 4) [x, y, z, length] of the body's voxels, DVID order, optionally
         clipped to an inclusive box (DVID's minx..maxz)."""
+        gen = self.generation(view)
         with self.engine.snapshot() as snap:
             idx = self.require_index(view, body, snap)
             bounds = None
@@ -221,10 +222,9 @@ class Labels(BlockVolume):
                 bbox = self.grid.block_box(bcoord)
                 if bounds is not None and bbox.intersect(bounds) is None:
                     continue
-                value = versioned.get(snap, self.inst.id, self.block_tkey(bcoord), view)
-                if value is None:
+                block = self.block(snap, view, bcoord, gen)
+                if block is None:
                     raise InvalidInputError(f"label index of {body} names block {bcoord}, which is missing")
-                block = self.decode_block(value)
                 mask = np.isin(block, svs) if len(svs) > 1 else block == svs[0]
                 parts.append(sv.runs_from_mask(mask, bbox.lo))
         if not parts:
@@ -371,8 +371,9 @@ class Labels(BlockVolume):
                 cut = 0
                 for bcoord in self._blocks_of_runs(runs):
                     bbox = self.grid.block_box(bcoord)
-                    value = versioned.get(snap, self.inst.id, self.block_tkey(bcoord), view)
-                    old = self.decode_block(value) if value else np.zeros(self.grid.shape_zyx, self.dtype)
+                    old = self.block(snap, view, bcoord)
+                    if old is None:
+                        old = np.zeros(self.grid.shape_zyx, self.dtype)
                     mask = sv.runs_to_mask(runs, bbox.lo, self.grid.shape_zyx)
                     inside = mapping.apply(old[mask]) == body
                     if not inside.all():
@@ -387,6 +388,7 @@ class Labels(BlockVolume):
                 rec = self._log(batch, node, {"Action": "split", "Target": body, "NewLabel": new_id,
                                               "Voxels": cut})
             self.engine.apply(batch)
+            self.after_apply(node)
             return rec
 
     def _blocks_of_runs(self, runs: np.ndarray) -> list[XYZ]:

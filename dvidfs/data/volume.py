@@ -22,6 +22,7 @@ import numpy as np
 
 from dvidfs.errors import InvalidInputError, NotFoundError, ReadOnlyError
 from dvidfs.store import keys, versioned
+from dvidfs.store.cache import LRUCache
 from dvidfs.store.engine import Batch, Reader
 from dvidfs.store.versioned import VersionView
 from dvidfs.versions.dag import DESCRIBE, MERGEABLE, VersionDB
@@ -63,10 +64,16 @@ class BlockVolume:
     default_block: ClassVar[int]
     needs_old_blocks: ClassVar[bool] = False  # labels need them to update the index
 
-    def __init__(self, db: VersionDB, inst: Instance):
+    def __init__(self, db: VersionDB, inst: Instance, cache: LRUCache | None = None):
         self.db = db
         self.engine = db.engine
         self.inst = inst
+        # Decoded blocks, shared by the store's instances, keyed by (instance, TKey,
+        # version that stored the block, write generation of that version).  Only an
+        # open version can change, and every write to it bumps its generation, so a
+        # key names one immutable block.
+        self.cache = cache
+        self._gen: dict[int, int] = {}
         bs = inst.config.get("BlockSize", [self.default_block] * 3)
         self.grid = BlockGrid(tuple(int(b) for b in bs))
 
@@ -109,34 +116,68 @@ class BlockVolume:
         return ext
 
     # ---------------------------------------------------------------- reading
-    def iter_blocks(self, reader: Reader, view: VersionView, box: Box):
-        """(block coord, decoded block) for every stored block touching `box`:
-        one range scan per (z, y) row of blocks."""
+    def generation(self, view: VersionView) -> int:
+        """Capture this before taking the snapshot a read uses (see iter_blocks)."""
+        return self._gen.get(view.version, 0)
+
+    def _decoded(self, tk: bytes, version: int, value: bytes, view: VersionView, gen: int) -> np.ndarray:
+        """The decoded block, from the cache when possible (read-only array)."""
+        if self.cache is None:
+            return self.decode_block(value)
+        key = (self.inst.id, tk, version, gen if version == view.version else 0)
+        block = self.cache.get(key)
+        if block is None:
+            block = self.decode_block(value)
+            block.flags.writeable = False
+            self.cache.put(key, block)
+        return block
+
+    def iter_blocks(self, reader: Reader, view: VersionView, box: Box, gen: int | None = None):
+        """(block coord, decoded read-only block) for every stored block touching
+        `box`: one range scan per (z, y) row of blocks.  `gen` must have been read
+        before `reader`'s snapshot was taken (writers hold the lock: None is fine)."""
+        gen = self.generation(view) if gen is None else gen
         (x0, y0, z0), (x1, y1, z1) = self.grid.block_range(box)
         for bz in range(z0, z1 + 1):
             for by in range(y0, y1 + 1):
                 lo, hi = self.block_tkey((x0, by, bz)), self.block_tkey((x1, by, bz))
-                for tk, value in versioned.scan(reader, self.inst.id, lo, hi, view):
-                    yield self.block_coord(tk), self.decode_block(value)
+                for tk, version, value in versioned.scan_versions(reader, self.inst.id, lo, hi, view):
+                    yield self.block_coord(tk), self._decoded(tk, version, value, view, gen)
+
+    def block(self, reader: Reader, view: VersionView, bcoord: XYZ, gen: int | None = None) -> np.ndarray | None:
+        """One decoded block (read-only), or None where nothing was written."""
+        tk = self.block_tkey(bcoord)
+        e = versioned.get_versioned(reader, self.inst.id, tk, view)
+        if e is None:
+            return None
+        return self._decoded(tk, e[0], e[1], view, self.generation(view) if gen is None else gen)
 
     def read(self, view: VersionView, offset: XYZ, size: XYZ) -> np.ndarray:
         """Voxels of the box at `offset` (x, y, z) of `size` as a [z, y, x] array."""
         box = Box.from_offset_size(offset, size)
         out = np.zeros(box.shape_zyx, dtype=self.dtype)
+        gen = self.generation(view)
         with self.engine.snapshot() as snap:
-            self._read_into(snap, view, box, out)
+            self._read_into(snap, view, box, out, gen)
         return out
 
-    def _read_into(self, reader: Reader, view: VersionView, box: Box, out: np.ndarray) -> None:
-        for bcoord, block in self.iter_blocks(reader, view, box):
-            bbox = self.grid.block_box(bcoord)
-            part = bbox.intersect(box)
-            out[part.slices_in(box)] = block[part.slices_in(bbox)]
+    def _read_into(self, reader: Reader, view: VersionView, box: Box, out: np.ndarray,
+                   gen: int | None = None) -> None:
+        bx, by, bz = self.grid.size
+        (x0, y0, z0), (x1, y1, z1) = box.lo, box.hi
+        for (cx, cy, cz), block in self.iter_blocks(reader, view, box, gen):
+            ox, oy, oz = cx * bx, cy * by, cz * bz
+            ax0, ax1 = max(x0, ox), min(x1, ox + bx)
+            ay0, ay1 = max(y0, oy), min(y1, oy + by)
+            az0, az1 = max(z0, oz), min(z1, oz + bz)
+            out[az0 - z0:az1 - z0, ay0 - y0:ay1 - y0, ax0 - x0:ax1 - x0] = \
+                block[az0 - oz:az1 - oz, ay0 - oy:ay1 - oy, ax0 - ox:ax1 - ox]
 
     def read_slice(self, view: VersionView, plane: str, coord: int) -> np.ndarray:
         """2-D image (height, width) of one slice across the extents."""
         if plane not in PLANES:
             raise InvalidInputError(f"unknown plane {plane!r} (xy, xz or yz)")
+        gen = self.generation(view)
         with self.engine.snapshot() as snap:
             ext = self.extents(view, snap)
             if ext is None:
@@ -145,7 +186,7 @@ class BlockVolume:
             if ext.intersect(box) is None:
                 raise NotFoundError(f"{plane} slice {coord} is outside the extents of {self.inst.name!r}")
             out = np.zeros(box.shape_zyx, dtype=self.dtype)
-            self._read_into(snap, view, box, out)
+            self._read_into(snap, view, box, out, gen)
         return volume_to_image(out, plane)
 
     # ---------------------------------------------------------------- writing
@@ -221,7 +262,8 @@ class BlockVolume:
         pass
 
     def after_apply(self, node: Node) -> None:
-        pass
+        """Called (under the lock) after a batch changed blocks of `node`."""
+        self._gen[node.version_id] = self._gen.get(node.version_id, 0) + 1
 
     def stage_block(self, batch: Batch, node: Node, bcoord: XYZ, old: np.ndarray | None,
                     new: np.ndarray) -> None:

@@ -32,7 +32,7 @@ from dvidfs.data.volume import BlockVolume
 from dvidfs.errors import InvalidInputError, NotFoundError, ReadOnlyError
 from dvidfs.formats.images import (decode_image, encode_png_stored, encode_pseudocolor_png,
                                    encode_tiff, png_size, tiff_size)
-from dvidfs.fs.cache import RenderCache
+from dvidfs.store.cache import LRUCache
 from dvidfs.versions.model import UUID_RE, Node
 
 CTRL_DIR = ".dvid"
@@ -98,7 +98,7 @@ class Tree:
         self.store = store
         self.db = store.db
         self.started = time.time()
-        self.cache = RenderCache(cache_bytes)
+        self.cache = LRUCache(cache_bytes)
         self.generation: dict[tuple[str, str], int] = {}   # (uuid, data) -> writes through the mount
 
     # ---------------------------------------------------------------- helpers

@@ -44,12 +44,12 @@ class VersionView:
 _DELETED = object()
 
 
-def _resolve(entries: list[tuple[int, bool, bytes]], view: VersionView, what: bytes) -> bytes | None:
-    """Pick the nearest-ancestor entry among (version, tombstone, value) triples."""
+def _resolve_entry(entries: list[tuple[int, bool, bytes]], view: VersionView,
+                   what: bytes) -> tuple[int, bool, bytes] | None:
+    """The nearest-ancestor (version, tombstone, value) entry, or None."""
     visible = view.visible
     if len(entries) == 1:  # the common case: one stored version
-        version, tomb, value = entries[0]
-        return None if tomb or version not in visible else value
+        return entries[0] if entries[0][0] in visible else None
     cands = [e for e in entries if e[0] in visible]
     if not cands:
         return None
@@ -63,12 +63,17 @@ def _resolve(entries: list[tuple[int, bool, bytes]], view: VersionView, what: by
                 raise ConflictError(
                     f"key {what.hex()} has different values on different parent paths "
                     f"(versions {sorted(c[0] for c in cands)}); resolve the merge first")
-    _, tomb, value = cands[0]
-    return None if tomb else value
+    return cands[0]
 
 
-def get(reader: Reader, instance_id: int, tk: bytes, view: VersionView) -> bytes | None:
-    """Value of (instance, TKey) as seen from `view`, or None if absent/deleted."""
+def _resolve(entries: list[tuple[int, bool, bytes]], view: VersionView, what: bytes) -> bytes | None:
+    e = _resolve_entry(entries, view, what)
+    return None if e is None or e[1] else e[2]
+
+
+def get_versioned(reader: Reader, instance_id: int, tk: bytes,
+                  view: VersionView) -> tuple[int, bytes] | None:
+    """(version that stored it, value) of (instance, TKey) seen from `view`, or None."""
     start = keys.data_key(instance_id, tk, 0)[:-keys.SUFFIX_LEN]
     entries = []
     for k, v in reader.scan(start, start + b"\xff" * keys.SUFFIX_LEN + b"\xff"):
@@ -76,34 +81,49 @@ def get(reader: Reader, instance_id: int, tk: bytes, view: VersionView) -> bytes
             continue  # a longer TKey that merely starts with ours
         _, _, version, tomb = keys.split_data_key(k)
         entries.append((version, tomb, v))
-    return _resolve(entries, view, tk) if entries else None
+    e = _resolve_entry(entries, view, tk) if entries else None
+    return None if e is None or e[1] else (e[0], e[2])
 
 
-def scan(reader: Reader, instance_id: int, tk_lo: bytes, tk_hi: bytes,
-         view: VersionView, include_value: bool = True) -> Iterator[tuple[bytes, bytes]]:
-    """(TKey, value) for every live key with tk_lo <= TKey <= tk_hi, in byte
-    order, resolved at `view`.  Meant for fixed-length TKeys (block rows).
+def get(reader: Reader, instance_id: int, tk: bytes, view: VersionView) -> bytes | None:
+    """Value of (instance, TKey) as seen from `view`, or None if absent/deleted."""
+    e = get_versioned(reader, instance_id, tk, view)
+    return None if e is None else e[1]
+
+
+def scan_versions(reader: Reader, instance_id: int, tk_lo: bytes, tk_hi: bytes, view: VersionView,
+                  include_value: bool = True) -> Iterator[tuple[bytes, int, bytes]]:
+    """(TKey, version that stored it, value) for every live key with
+    tk_lo <= TKey <= tk_hi, in byte order, resolved at `view`.  The version
+    lets callers cache decoded values: (TKey, version) names one immutable
+    value once that version is committed.  Meant for fixed-length TKeys.
     With include_value=False only keys are read (values come back as b"")."""
     prefix = keys.instance_prefix(instance_id)
     start = prefix + tk_lo
     stop = prefix + tk_hi + b"\xff" * (keys.SUFFIX_LEN + 1)
     cur_tk: bytes | None = None
     entries: list[tuple[int, bool, bytes]] = []
-    items = reader.scan(start, stop, include_value=include_value)
-    for item in items:
-        k, v = item if include_value else (item, b"-")
+    for item in reader.scan(start, stop, include_value=include_value):
+        k, v = item if include_value else (item, b"")
         _, tk, version, tomb = keys.split_data_key(k)
         if tk != cur_tk:
             if entries:
-                val = _resolve(entries, view, cur_tk)
-                if val is not None:
-                    yield cur_tk, val
+                e = _resolve_entry(entries, view, cur_tk)
+                if e is not None and not e[1]:
+                    yield cur_tk, e[0], e[2]
             cur_tk, entries = tk, []
         entries.append((version, tomb, v))
     if entries:
-        val = _resolve(entries, view, cur_tk)
-        if val is not None:
-            yield cur_tk, val
+        e = _resolve_entry(entries, view, cur_tk)
+        if e is not None and not e[1]:
+            yield cur_tk, e[0], e[2]
+
+
+def scan(reader: Reader, instance_id: int, tk_lo: bytes, tk_hi: bytes,
+         view: VersionView, include_value: bool = True) -> Iterator[tuple[bytes, bytes]]:
+    """(TKey, value) for every live key in [tk_lo, tk_hi], resolved at `view`."""
+    for tk, _, value in scan_versions(reader, instance_id, tk_lo, tk_hi, view, include_value):
+        yield tk, value
 
 
 def put(batch: Batch, instance_id: int, tk: bytes, version: int, value: bytes) -> None:
