@@ -120,11 +120,14 @@ class BlockVolume:
         """Capture this before taking the snapshot a read uses (see iter_blocks)."""
         return self._gen.get(view.version, 0)
 
+    def _cache_key(self, tk: bytes, version: int, view: VersionView, gen: int):
+        return (self.inst.id, tk, version, gen if version == view.version else 0)
+
     def _decoded(self, tk: bytes, version: int, value: bytes, view: VersionView, gen: int) -> np.ndarray:
         """The decoded block, from the cache when possible (read-only array)."""
         if self.cache is None:
             return self.decode_block(value)
-        key = (self.inst.id, tk, version, gen if version == view.version else 0)
+        key = self._cache_key(tk, version, view, gen)
         block = self.cache.get(key)
         if block is None:
             block = self.decode_block(value)
@@ -134,15 +137,34 @@ class BlockVolume:
 
     def iter_blocks(self, reader: Reader, view: VersionView, box: Box, gen: int | None = None):
         """(block coord, decoded read-only block) for every stored block touching
-        `box`: one range scan per (z, y) row of blocks.  `gen` must have been read
-        before `reader`'s snapshot was taken (writers hold the lock: None is fine)."""
+        `box`: one range scan per (z, y) row of blocks.  With a cache, a row is
+        first scanned for keys only; values are fetched (by exact key) only for
+        blocks not already decoded, so scrolling through slices copies no
+        compressed bytes it does not need.  `gen` must have been read before
+        `reader`'s snapshot was taken (writers hold the lock: None is fine)."""
         gen = self.generation(view) if gen is None else gen
         (x0, y0, z0), (x1, y1, z1) = self.grid.block_range(box)
+        inst, cache = self.inst.id, self.cache
         for bz in range(z0, z1 + 1):
             for by in range(y0, y1 + 1):
                 lo, hi = self.block_tkey((x0, by, bz)), self.block_tkey((x1, by, bz))
-                for tk, version, value in versioned.scan_versions(reader, self.inst.id, lo, hi, view):
-                    yield self.block_coord(tk), self._decoded(tk, version, value, view, gen)
+                if cache is None:
+                    for tk, version, value in versioned.scan_versions(reader, inst, lo, hi, view):
+                        yield self.block_coord(tk), self.decode_block(value)
+                    continue
+                found = list(versioned.scan_versions(reader, inst, lo, hi, view, include_value=False))
+                blocks = [cache.get(self._cache_key(tk, v, view, gen)) for tk, v, _ in found]
+                misses = sum(b is None for b in blocks)
+                values = {}
+                if misses * 4 > len(found):  # mostly cold row: one scan with values beats point gets
+                    values = {(tk, v): val for tk, v, val in versioned.scan_versions(reader, inst, lo, hi, view)}
+                for (tk, version, _), block in zip(found, blocks):
+                    if block is None:
+                        value = values.get((tk, version))
+                        if value is None:
+                            value = reader.get(keys.data_key(inst, tk, version))
+                        block = self._decoded(tk, version, value, view, gen)
+                    yield self.block_coord(tk), block
 
     def block(self, reader: Reader, view: VersionView, bcoord: XYZ, gen: int | None = None) -> np.ndarray | None:
         """One decoded block (read-only), or None where nothing was written."""
