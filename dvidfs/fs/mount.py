@@ -80,6 +80,10 @@ def _last_line(path: str) -> str:
 def run_foreground(store_path: str, mountpoint: str, debug: bool = False) -> None:
     logging.basicConfig(level=logging.DEBUG if debug else logging.INFO,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    # The trio thread answers every FUSE request; with the default 5 ms GIL
+    # switch interval it can wait that long behind a worker thread that is
+    # assembling a slice, which serialises readers.  A shorter interval lets it in.
+    sys.setswitchinterval(float(os.environ.get("DVIDFS_SWITCH_INTERVAL", "0.0005")))
     store = DvidStore(store_path)
     ops = DvidOperations(Tree(store))
     options = set(pyfuse3.default_options)
