@@ -137,10 +137,9 @@ class BlockVolume:
 
     def iter_blocks(self, reader: Reader, view: VersionView, box: Box, gen: int | None = None):
         """(block coord, decoded read-only block) for every stored block touching
-        `box`: one range scan per (z, y) row of blocks.  With a cache, a row is
-        first scanned for keys only; values are fetched (by exact key) only for
-        blocks not already decoded, so scrolling through slices copies no
-        compressed bytes it does not need.  `gen` must have been read before
+        `box`: one range scan per (z, y) row of blocks.  With a cache, a stored
+        value is copied out of LevelDB only when its decoded block is not cached,
+        so scrolling through slices copies no compressed bytes it does not need.  `gen` must have been read before
         `reader`'s snapshot was taken (writers hold the lock: None is fine)."""
         gen = self.generation(view) if gen is None else gen
         (x0, y0, z0), (x1, y1, z1) = self.grid.block_range(box)
@@ -152,16 +151,19 @@ class BlockVolume:
                     for tk, version, value in versioned.scan_versions(reader, inst, lo, hi, view):
                         yield self.block_coord(tk), self.decode_block(value)
                     continue
-                found = list(versioned.scan_versions(reader, inst, lo, hi, view, include_value=False))
-                blocks = [cache.get(self._cache_key(tk, v, view, gen)) for tk, v, _ in found]
-                misses = sum(b is None for b in blocks)
-                values = {}
-                if misses * 4 > len(found):  # mostly cold row: one scan with values beats point gets
-                    values = {(tk, v): val for tk, v, val in versioned.scan_versions(reader, inst, lo, hi, view)}
-                for (tk, version, _), block in zip(found, blocks):
+                hits: dict = {}
+
+                def want(tk, version):
+                    b = cache.get(self._cache_key(tk, version, view, gen))
+                    if b is None:
+                        return True
+                    hits[(tk, version)] = b
+                    return False
+
+                for tk, version, value in versioned.scan_wanted(reader, inst, lo, hi, view, want):
+                    block = hits.get((tk, version))
                     if block is None:
-                        value = values.get((tk, version))
-                        if value is None:
+                        if value is None:  # the chosen version was not the one we checked
                             value = reader.get(keys.data_key(inst, tk, version))
                         block = self._decoded(tk, version, value, view, gen)
                     yield self.block_coord(tk), block

@@ -119,6 +119,31 @@ def scan_versions(reader: Reader, instance_id: int, tk_lo: bytes, tk_hi: bytes, 
             yield cur_tk, e[0], e[2]
 
 
+def scan_wanted(reader: Reader, instance_id: int, tk_lo: bytes, tk_hi: bytes, view: VersionView,
+                want) -> Iterator[tuple[bytes, int, bytes | None]]:
+    """Like scan_versions, but a value is copied out of LevelDB only when
+    `want(TKey, version)` says so (e.g. the decoded block is not cached);
+    otherwise it comes back as None."""
+    prefix = keys.instance_prefix(instance_id)
+    start = prefix + tk_lo
+    stop = prefix + tk_hi + b"\xff" * (keys.SUFFIX_LEN + 1)
+    cur_tk: bytes | None = None
+    entries: list = []
+    for k, fetch in reader.scan_lazy(start, stop):
+        _, tk, version, tomb = keys.split_data_key(k)
+        if tk != cur_tk:
+            if entries:
+                e = _resolve_entry(entries, view, cur_tk)
+                if e is not None and not e[1]:
+                    yield cur_tk, e[0], e[2]
+            cur_tk, entries = tk, []
+        entries.append((version, tomb, fetch() if not tomb and want(tk, version) else None))
+    if entries:
+        e = _resolve_entry(entries, view, cur_tk)
+        if e is not None and not e[1]:
+            yield cur_tk, e[0], e[2]
+
+
 def scan(reader: Reader, instance_id: int, tk_lo: bytes, tk_hi: bytes,
          view: VersionView, include_value: bool = True) -> Iterator[tuple[bytes, bytes]]:
     """(TKey, value) for every live key in [tk_lo, tk_hi], resolved at `view`."""
