@@ -45,8 +45,10 @@ _DELETED = object()
 
 
 def _resolve_entry(entries: list[tuple[int, bool, bytes]], view: VersionView,
-                   what: bytes) -> tuple[int, bool, bytes] | None:
-    """The nearest-ancestor (version, tombstone, value) entry, or None."""
+                   what: bytes, load=None) -> tuple[int, bool, bytes] | None:
+    """The nearest-ancestor (version, tombstone, value) entry, or None.
+    `load(version)` supplies values left out of `entries` (None) when several
+    candidates must be compared."""
     visible = view.visible
     if len(entries) == 1:  # the common case: one stored version
         return entries[0] if entries[0][0] in visible else None
@@ -58,6 +60,8 @@ def _resolve_entry(entries: list[tuple[int, bool, bytes]], view: VersionView,
         cands = [c for c in cands
                  if not any(o[0] != c[0] and c[0] in anc(o[0]) for o in cands)]
         if len(cands) > 1:
+            if load is not None:
+                cands = [(ver, t, load(ver) if v is None and not t else v) for ver, t, v in cands]
             vals = {None if t else v for _, t, v in cands}
             if len(vals) > 1:
                 raise ConflictError(
@@ -129,17 +133,22 @@ def scan_wanted(reader: Reader, instance_id: int, tk_lo: bytes, tk_hi: bytes, vi
     stop = prefix + tk_hi + b"\xff" * (keys.SUFFIX_LEN + 1)
     cur_tk: bytes | None = None
     entries: list = []
+
+    def resolved():
+        return _resolve_entry(entries, view, cur_tk,
+                              lambda ver, tk=cur_tk: reader.get(keys.data_key(instance_id, tk, ver)))
+
     for k, fetch in reader.scan_lazy(start, stop):
         _, tk, version, tomb = keys.split_data_key(k)
         if tk != cur_tk:
             if entries:
-                e = _resolve_entry(entries, view, cur_tk)
+                e = resolved()
                 if e is not None and not e[1]:
                     yield cur_tk, e[0], e[2]
             cur_tk, entries = tk, []
         entries.append((version, tomb, fetch() if not tomb and want(tk, version) else None))
     if entries:
-        e = _resolve_entry(entries, view, cur_tk)
+        e = resolved()
         if e is not None and not e[1]:
             yield cur_tk, e[0], e[2]
 
