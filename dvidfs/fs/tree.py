@@ -32,6 +32,7 @@ from dvidfs.data.volume import BlockVolume
 from dvidfs.errors import InvalidInputError, NotFoundError, ReadOnlyError
 from dvidfs.formats.images import (decode_image, encode_png_stored, encode_pseudocolor_png,
                                    encode_tiff, png_size, tiff_size)
+from dvidfs.data.readahead import ReadAhead
 from dvidfs.store.cache import LRUCache
 from dvidfs.versions.model import UUID_RE, Node
 
@@ -99,6 +100,7 @@ class Tree:
         self.db = store.db
         self.started = time.time()
         self.cache = LRUCache(cache_bytes)
+        self.readahead = ReadAhead()
         self.generation: dict[tuple[str, str], int] = {}   # (uuid, data) -> writes through the mount
 
     # ---------------------------------------------------------------- helpers
@@ -323,7 +325,7 @@ class Tree:
     def _render(self, e: Entry) -> bytes:
         vol, view = self.vol(e), self.view(e)
         if e.kind == "slice":
-            img = vol.read_slice(view, e.plane[:2], e.coord)
+            img = self.readahead.read_slice(vol, view, e.plane[:2], e.coord)
             if not self._is_labels(e):
                 return encode_png_stored(img)
             return encode_pseudocolor_png(img) if e.plane.endswith(RGB) else encode_tiff(img)

@@ -1,0 +1,86 @@
+"""Sequential slice read-ahead: what scrolling through a stack needs.
+
+Fiji's virtual stack (and `for f in xy/*.png`) reads slice z, z+1, z+2 …
+Assembling one slice decodes every block it crosses but uses one plane of each.
+Once two neighbouring slices of a plane have been read, the next read fetches
+the whole layer of blocks around it (one block thick along the plane's axis)
+as a 3-D array, keeps it in a bounded LRU, and serves the following slices as
+plain copies out of it.  Random access (a single slice, spread slices) never
+triggers it, so it costs nothing there.
+
+Layers are keyed by (instance, node version, write generation of the node,
+plane, layer index): a write makes them unreachable.  Safe from several worker
+threads: the LRU locks, and the sequence tracker only ever holds a hint.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from dvidfs.data.geometry import PLANE_AXES, plane_box, volume_to_image
+from dvidfs.data.volume import BlockVolume
+from dvidfs.store.cache import LRUCache
+from dvidfs.store.versioned import VersionView
+
+
+class ReadAhead:
+    def __init__(self, budget: int = 192 << 20):
+        self.layers = LRUCache(budget)
+        self._last: dict[tuple, int] = {}  # (instance, version, plane) -> last coord read
+
+    def read_slice(self, vol: BlockVolume, view: VersionView, plane: str, coord: int) -> np.ndarray:
+        track = (vol.inst.id, view.version, plane)
+        sequential = abs(self._last.get(track, coord - 10) - coord) == 1
+        self._last[track] = coord
+        fixed = PLANE_AXES[plane][0]
+        b = vol.grid.size[fixed]
+        layer_idx = coord // b
+        gen = vol.generation(view)
+        key = (vol.inst.id, view.version, gen, plane, layer_idx)
+        layer = self.layers.get(key)
+        if layer is None and sequential:
+            layer = self._load(vol, view, plane, layer_idx * b, b)
+            if layer is not None:
+                self.layers.put(key, layer)
+        if layer is None:
+            return vol.read_slice(view, plane, coord)
+        start, arr = layer
+        return np.ascontiguousarray(volume_to_image(_take(arr, fixed, coord - start), plane))
+
+    def _load(self, vol: BlockVolume, view: VersionView, plane: str, layer_lo: int, thickness: int):
+        """The layer [layer_lo, layer_lo + thickness) clipped to the extents, or
+        None if it is empty or too big for the budget."""
+        ext = vol.extents(view)
+        if ext is None:
+            return None
+        fixed = PLANE_AXES[plane][0]
+        lo, hi = max(layer_lo, ext.lo[fixed]), min(layer_lo + thickness, ext.hi[fixed])
+        if hi <= lo:
+            return None
+        box = plane_box(ext, plane, lo)
+        size = list(box.size)
+        size[fixed] = hi - lo
+        if int(np.prod(size)) * vol.dtype.itemsize > self.layers.budget // 4:
+            return None
+        arr = vol.read(view, box.lo, tuple(size))
+        arr.flags.writeable = False
+        return _Layer(lo, arr)
+
+
+class _Layer(tuple):
+    """(first coordinate along the fixed axis, [z, y, x] array); sized by the array."""
+
+    def __new__(cls, start: int, arr: np.ndarray):
+        return super().__new__(cls, (start, arr))
+
+    @property
+    def nbytes(self) -> int:
+        return self[1].nbytes
+
+
+def _take(arr: np.ndarray, fixed_axis: int, i: int) -> np.ndarray:
+    """One voxel thick slab along axis 0=x, 1=y, 2=z of a [z, y, x] array."""
+    if fixed_axis == 2:
+        return arr[i:i + 1]
+    if fixed_axis == 1:
+        return arr[:, i:i + 1, :]
+    return arr[:, :, i:i + 1]
