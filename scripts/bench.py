@@ -1010,11 +1010,13 @@ def _blocksize_writes(ctx: Ctx, block: int, vol_zyx: np.ndarray) -> None:
 
 # ============================================================== targets & report
 def cache_budgets() -> dict[str, int]:
-    """The mount's cache budgets as it runs by default: rendered files (fs Tree)
-    and decoded blocks (DvidStore), where those exist in this version of dvidfs."""
+    """The mount's cache budgets as it runs by default: rendered files (fs Tree),
+    decoded blocks (DvidStore) and read-ahead layers, where those exist in this
+    version of dvidfs."""
     found = {}
     for label, mod, cls, param in (("render", "dvidfs.fs.tree", "Tree", "cache_bytes"),
-                                   ("blocks", "dvidfs.api", "DvidStore", "block_cache_bytes")):
+                                   ("blocks", "dvidfs.api", "DvidStore", "block_cache_bytes"),
+                                   ("readahead", "dvidfs.data.readahead", "ReadAhead", "budget")):
         with contextlib.suppress(Exception):
             fn = getattr(importlib.import_module(mod), cls).__init__
             found[label] = int(inspect.signature(fn).parameters[param].default)
