@@ -327,29 +327,24 @@ class Labels(BlockVolume):
             raise InvalidInputError("a body is listed twice in the merge")
         if target == 0 or 0 in others:
             raise InvalidInputError("label 0 is background and cannot be merged")
-        with self.db.lock:
-            self.check_writable(node)
-            view = self.db.view(node)
-            batch = Batch()
-            with self.engine.snapshot() as snap:
-                tidx = self.require_index(view, target, snap)
-                gone = set(others)
-                # supervoxels already mapped to a merged body but with no voxels now
-                # (overwritten since): remap them too, so the chain stays transitive
-                remap = {sv_ for sv_, b in self.mapping(view, snap).pairs.items() if b in gone}
-                for o in others:
-                    oidx = self.require_index(view, o, snap)
-                    remap.update(int(s) for s in oidx.supervoxels())
-                    tidx = tidx.union(oidx)
-                    self._put_index(batch, node, o, LabelIndex())
-                for s in sorted(remap):
-                    versioned.put(batch, self.inst.id, _u64_tkey(keys.CLASS_MAPPING, s),
-                                  node.version_id, struct.pack("<Q", target))
-                self._put_index(batch, node, target, tidx)
-                rec = self._log(batch, node, {"Action": "merge", "Target": target, "Labels": others})
-            self.engine.apply(batch)
-            self._forget_mapping(node.version_id)
-            return rec
+        with self.staged_write(node) as (batch, snap, view):
+            tidx = self.require_index(view, target, snap)
+            gone = set(others)
+            # supervoxels already mapped to a merged body but with no voxels now
+            # (overwritten since): remap them too, so the chain stays transitive
+            remap = {sv_ for sv_, b in self.mapping(view, snap).pairs.items() if b in gone}
+            for o in others:
+                oidx = self.require_index(view, o, snap)
+                remap.update(int(s) for s in oidx.supervoxels())
+                tidx = tidx.union(oidx)
+                self._put_index(batch, node, o, LabelIndex())
+            for s in sorted(remap):
+                versioned.put(batch, self.inst.id, _u64_tkey(keys.CLASS_MAPPING, s),
+                              node.version_id, struct.pack("<Q", target))
+            self._put_index(batch, node, target, tidx)
+            rec = self._log(batch, node, {"Action": "merge", "Target": target, "Labels": others})
+        self._forget_mapping(node.version_id)
+        return rec
 
     def split(self, node: Node, body: int, rles: bytes) -> dict:
         """Move the voxels given as a DVID sparsevol out of `body` into a new body.
@@ -359,37 +354,29 @@ class Labels(BlockVolume):
         if not len(runs):
             raise InvalidInputError("the split sparsevol has no voxels")
         runs = sv.merge_runs(runs)
-        with self.db.lock:
-            self.check_writable(node)
-            view = self.db.view(node)
-            batch = Batch()
-            with self.engine.snapshot() as snap:
-                self.require_index(view, body, snap)
-                mapping = self.mapping(view, snap)
-                new_id = max(self.max_label(view, snap), self.repo_max_label()) + 1
-                self.begin_stage(snap, view)
-                cut = 0
-                for bcoord in self._blocks_of_runs(runs):
-                    bbox = self.grid.block_box(bcoord)
-                    old = self.block(snap, view, bcoord)
-                    if old is None:
-                        old = np.zeros(self.grid.shape_zyx, self.dtype)
-                    mask = sv.runs_to_mask(runs, bbox.lo, self.grid.shape_zyx)
-                    inside = mapping.apply(old[mask]) == body
-                    if not inside.all():
-                        raise InvalidInputError(
-                            f"split refused: {int((~inside).sum())} voxel(s) of the sparsevol in block "
-                            f"{bcoord} are not in body {body}; nothing was changed")
-                    new = old.copy()
-                    new[mask] = new_id
-                    cut += int(mask.sum())
-                    self.stage_block(batch, node, bcoord, old, new)
-                self.end_stage(batch, snap, node, view)
-                rec = self._log(batch, node, {"Action": "split", "Target": body, "NewLabel": new_id,
-                                              "Voxels": cut})
-            self.engine.apply(batch)
-            self.after_apply(node)
-            return rec
+        with self.staged_write(node) as (batch, snap, view):
+            self.require_index(view, body, snap)
+            mapping = self.mapping(view, snap)
+            new_id = max(self.max_label(view, snap), self.repo_max_label()) + 1
+            cut = 0
+            for bcoord in self._blocks_of_runs(runs):
+                bbox = self.grid.block_box(bcoord)
+                old = self.block(snap, view, bcoord)
+                if old is None:
+                    old = np.zeros(self.grid.shape_zyx, self.dtype)
+                mask = sv.runs_to_mask(runs, bbox.lo, self.grid.shape_zyx)
+                inside = mapping.apply(old[mask]) == body
+                if not inside.all():
+                    raise InvalidInputError(
+                        f"split refused: {int((~inside).sum())} voxel(s) of the sparsevol in block "
+                        f"{bcoord} are not in body {body}; nothing was changed")
+                new = old.copy()
+                new[mask] = new_id
+                cut += int(mask.sum())
+                self.stage_block(batch, node, bcoord, old, new)
+            rec = self._log(batch, node, {"Action": "split", "Target": body, "NewLabel": new_id,
+                                          "Voxels": cut})
+        return rec
 
     def _blocks_of_runs(self, runs: np.ndarray) -> list[XYZ]:
         bx, by, bz = self.grid.size

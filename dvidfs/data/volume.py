@@ -16,6 +16,7 @@ read-modify-write the same block concurrently.
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from typing import ClassVar
 
 import numpy as np
@@ -28,7 +29,7 @@ from dvidfs.store.versioned import VersionView
 from dvidfs.versions.dag import DESCRIBE, MERGEABLE, VersionDB
 from dvidfs.versions.model import Instance, Node
 from dvidfs.data.geometry import (PLANE_AXES, PLANES, XYZ, BlockGrid, Box, image_to_volume, plane_box,
-                                  plane_dims, volume_to_image)
+                                  plane_dims)
 
 EXTENTS_TKEY = keys.tkey(keys.CLASS_EXTENTS)
 
@@ -148,12 +149,12 @@ class BlockVolume:
             for by in range(y0, y1 + 1):
                 lo, hi = self.block_tkey((x0, by, bz)), self.block_tkey((x1, by, bz))
                 if cache is None:
-                    for tk, version, value in versioned.scan_versions(reader, inst, lo, hi, view):
+                    for tk, _version, value in versioned.scan_versions(reader, inst, lo, hi, view):
                         yield self.block_coord(tk), self.decode_block(value)
                     continue
                 hits: dict = {}
 
-                def want(tk, version):
+                def want(tk, version, hits=hits):  # "fetch this value?": only on a cache miss
                     b = cache.get(self._cache_key(tk, version, view, gen))
                     if b is None:
                         return True
@@ -261,21 +262,29 @@ class BlockVolume:
                                     f"got values {lo}..{hi}")
         return arr.astype(self.dtype)
 
-    def write(self, node: Node, offset: XYZ, arr: np.ndarray) -> None:
-        """Store a [z, y, x] array at `offset` (x, y, z) in open node `node`, atomically."""
-        arr = self.coerce(arr)
-        box = Box.from_offset_size(offset, (arr.shape[2], arr.shape[1], arr.shape[0]))
+    @contextmanager
+    def staged_write(self, node: Node):
+        """One atomic change of `node`: yields (batch, snapshot reader, view) under
+        the store's write lock, after checking the node is open; the type's
+        begin/end hooks run around the caller's staging, then the batch is applied."""
         with self.db.lock:
             self.check_writable(node)
             view = self.db.view(node)
             batch = Batch()
             with self.engine.snapshot() as snap:
                 self.begin_stage(snap, view)
-                self._stage_blocks(batch, snap, node, view, box, arr)
-                self._stage_extents(batch, snap, node, view, box)
+                yield batch, snap, view
                 self.end_stage(batch, snap, node, view)
             self.engine.apply(batch)
             self.after_apply(node)
+
+    def write(self, node: Node, offset: XYZ, arr: np.ndarray) -> None:
+        """Store a [z, y, x] array at `offset` (x, y, z) in open node `node`, atomically."""
+        arr = self.coerce(arr)
+        box = Box.from_offset_size(offset, (arr.shape[2], arr.shape[1], arr.shape[0]))
+        with self.staged_write(node) as (batch, snap, view):
+            self._stage_blocks(batch, snap, node, view, box, arr)
+            self._stage_extents(batch, snap, node, view, box)
 
     def _stage_blocks(self, batch: Batch, reader: Reader, node: Node, view: VersionView,
                       box: Box, arr: np.ndarray) -> None:
@@ -346,25 +355,16 @@ class BlockVolume:
         """Delete a box: whole blocks inside it get tombstones (ancestors keep
         their copies), partial blocks on its border are zeroed."""
         box = Box.from_offset_size(offset, size)
-        with self.db.lock:
-            self.check_writable(node)
-            view = self.db.view(node)
-            batch = Batch()
-            with self.engine.snapshot() as snap:
-                self.begin_stage(snap, view)
-                old_blocks = dict(self.iter_blocks(snap, view, box))
-                for bcoord, old in old_blocks.items():
-                    bbox = self.grid.block_box(bcoord)
-                    part = bbox.intersect(box)
-                    if part == bbox:
-                        self.stage_delete(batch, node, bcoord, old)
-                    else:
-                        new = old.copy()
-                        new[part.slices_in(bbox)] = 0
-                        self.stage_block(batch, node, bcoord, old, new)
-                self.end_stage(batch, snap, node, view)
-            self.engine.apply(batch)
-            self.after_apply(node)
+        with self.staged_write(node) as (batch, snap, view):
+            for bcoord, old in list(self.iter_blocks(snap, view, box)):
+                bbox = self.grid.block_box(bcoord)
+                part = bbox.intersect(box)
+                if part == bbox:
+                    self.stage_delete(batch, node, bcoord, old)
+                else:
+                    new = old.copy()
+                    new[part.slices_in(bbox)] = 0
+                    self.stage_block(batch, node, bcoord, old, new)
 
     def stage_delete(self, batch: Batch, node: Node, bcoord: XYZ, old: np.ndarray) -> None:
         versioned.delete(batch, self.inst.id, self.block_tkey(bcoord), node.version_id)

@@ -45,6 +45,7 @@ import struct
 import numpy as np
 
 from dvidfs.errors import InvalidInputError
+from dvidfs.formats.buffers import byte_view
 
 __all__ = ["encode_label_block", "decode_label_block", "block_labels", "bits_for"]
 
@@ -65,16 +66,7 @@ def bits_for(n: int) -> int:
 
 
 def _as_buffer(data) -> memoryview:
-    if isinstance(data, np.ndarray):
-        data = data.tobytes()
-    try:
-        mv = memoryview(data)
-    except TypeError:
-        raise InvalidInputError(
-            f"label block must be bytes, not {type(data).__name__}") from None
-    if not mv.c_contiguous:
-        mv = memoryview(mv.tobytes())
-    return mv.cast("B") if mv.format != "B" or mv.ndim != 1 else mv
+    return byte_view(data, "label block")
 
 
 def _parse_header(mv: memoryview) -> tuple[int, int, int, int]:

@@ -32,6 +32,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from dvidfs.errors import InvalidInputError
+from dvidfs.formats.buffers import byte_view
 
 __all__ = [
     "runs_from_mask", "encode_rles", "decode_rles", "encode_srles", "decode_srles",
@@ -50,14 +51,7 @@ def empty_runs() -> np.ndarray:
 
 
 def _as_buffer(data) -> memoryview:
-    try:
-        mv = memoryview(data)
-    except TypeError:
-        raise InvalidInputError(
-            f"sparse volume must be bytes, not {type(data).__name__}") from None
-    if not mv.c_contiguous:
-        mv = memoryview(mv.tobytes())
-    return mv.cast("B") if mv.format != "B" or mv.ndim != 1 else mv
+    return byte_view(data, "sparse volume")
 
 
 def _check_runs(runs) -> np.ndarray:
