@@ -11,7 +11,13 @@ from hypothesis import strategies as st
 
 from dvidfs.errors import InvalidInputError
 from dvidfs.formats import labelblock
-from dvidfs.formats.labelblock import bits_for, block_labels, decode_label_block, encode_label_block
+from dvidfs.formats.labelblock import (
+    bits_for,
+    block_labels,
+    decode_label_block,
+    decode_label_plane,
+    encode_label_block,
+)
 
 U64_MAX = 2**64 - 1
 
@@ -340,3 +346,198 @@ def test_block_labels_is_header_only():
 def test_encoder_rejects_bad_blocks(block):
     with pytest.raises(InvalidInputError):
         encode_label_block(block)
+
+
+# ----------------------------------------------------------------------------- single plane
+
+
+def plane_of(vol: np.ndarray, axis: int, k: int) -> np.ndarray:
+    """The reference: axis 0 = x -> vol[:, :, k], 1 = y -> vol[:, k, :], 2 = z -> vol[k]."""
+    return vol[(slice(None),) * (2 - axis) + (k,)]
+
+
+def assert_planes_match(data: bytes, ks_per_axis) -> None:
+    full = decode_label_block(data)
+    for axis, ks in enumerate(ks_per_axis):
+        for k in ks:
+            got = decode_label_plane(data, axis, k)
+            want = plane_of(full, axis, k)
+            assert got.dtype == np.uint64 and got.ndim == 2 and got.shape == want.shape
+            np.testing.assert_array_equal(got, want, err_msg=f"axis={axis} k={k}")
+
+
+@st.composite
+def plane_blocks(draw):
+    """(block, nlabels): 1 label (solid), 2, or many (up to ~600, so 9-bit sub-blocks)."""
+    shape = (draw(dims), draw(dims), draw(dims))
+    nlabels = draw(st.one_of(st.just(1), st.just(2), st.integers(3, 40), st.integers(41, 600)))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    pool = np.unique(rng.integers(0, U64_MAX, size=nlabels, dtype=np.uint64, endpoint=True))
+    mode = draw(st.sampled_from(["random", "voronoi", "slabs", "mixed"]))
+    if mode == "random":
+        block = pool[rng.integers(0, len(pool), size=shape)]
+    elif mode == "voronoi":
+        block = voronoi_block(shape, int(rng.integers(1, 50)), rng,
+                              labels=pool[rng.integers(0, len(pool), size=50)][:50])
+    elif mode == "slabs":
+        step = draw(st.sampled_from([1, 3, 8, 16]))
+        block = pool[(np.indices(shape)[draw(st.integers(0, 2))] // step) % len(pool)]
+    else:   # voronoi background with a noisy (many-label) corner
+        block = voronoi_block(shape, 8, rng, labels=pool[rng.integers(0, len(pool), size=8)])
+        block[:8, :8, :8] = pool[rng.integers(0, len(pool), size=(8, 8, 8))]
+    return block
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(plane_blocks(), st.data())
+def test_plane_equals_slice_of_full_decode(block, data):
+    enc = encode_label_block(block)
+    ks = []
+    for axis in range(3):
+        n = block.shape[2 - axis]
+        ks.append({0, n - 1, data.draw(st.integers(0, n - 1), label=f"k{axis}")})
+    assert_planes_match(enc, ks)
+    # and against the original volume, not only the full decoder
+    for axis in range(3):
+        for k in ks[axis]:
+            np.testing.assert_array_equal(decode_label_plane(enc, axis, k), plane_of(block, axis, k))
+
+
+def test_plane_every_k_on_realistic_64_block():
+    rng = np.random.default_rng(21)
+    block = voronoi_block((64, 64, 64), 35, rng)
+    block[40:48, 8:16, 56:64] = rng.integers(0, 600, size=(8, 8, 8)).astype(np.uint64)  # 9-bit sub-block
+    data = encode_label_block(block)
+    assert_planes_match(data, [range(64)] * 3)
+
+
+@settings(max_examples=15, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.sampled_from([1, 2, 3, 9, 200, 512]),
+       st.sampled_from([(8, 8, 8), (16, 8, 24), (8, 24, 16)]))
+def test_plane_of_dvid_ordered_encoding(seed, nlabels, shape):
+    # DVID's first-seen label order, and N == 1 followed by unused counts/indices
+    rng = np.random.default_rng(seed)
+    pool = rng.integers(0, U64_MAX, size=nlabels, dtype=np.uint64, endpoint=True)
+    block = pool[rng.integers(0, nlabels, size=shape)]
+    data = ref_encode(block)
+    for axis in range(3):
+        for k in range(shape[2 - axis]):
+            np.testing.assert_array_equal(decode_label_plane(data, axis, k), plane_of(block, axis, k))
+
+
+def _hand_built_block() -> bytes:
+    # same block as test_hand_built_unsorted_list_unused_label_and_empty_subblock
+    labels = [99, 0, 5, 42]
+    counts = [1, 3, 0]
+    indices = [3, 2, 0, 3]
+    vals = bytearray([0x00] * 32 + [0x55] * 64 + [0xAA] * 32)
+    vals[0] = 0b10010000
+    return (struct.pack("<4I", 3, 1, 1, len(labels)) + struct.pack("<4Q", *labels)
+            + struct.pack("<3H", *counts) + struct.pack("<4I", *indices) + bytes(vals))
+
+
+def test_plane_hand_built_unsorted_list_and_empty_subblock():
+    data = _hand_built_block()
+    assert_planes_match(data, [range(24), range(8), range(8)])
+    z0 = decode_label_plane(data, 2, 0)                 # xy plane z = 0, shape (ny, nx)
+    assert z0.shape == (8, 24)
+    assert (z0[:, :8] == 42).all() and (z0[:, 16:] == 0).all()
+    np.testing.assert_array_equal(z0[0, 8:16], [42, 99, 5, 5, 5, 5, 5, 5])   # MSB-first
+    assert (z0[1:, 8:16] == 5).all()
+    xz = decode_label_plane(data, 1, 3)                 # (nz, nx)
+    assert xz.shape == (8, 24)
+    np.testing.assert_array_equal(xz[:, 12], [5, 5, 99, 99, 99, 99, 42, 42])
+    yz = decode_label_plane(data, 0, 17)                # (nz, ny), inside the Ns == 0 sub-block
+    assert yz.shape == (8, 8) and (yz == 0).all()
+
+
+def test_plane_blocks_without_value_bytes():
+    # every sub-block has Ns 0 or 1, so the value section is empty
+    labels = [7, 0, 3]
+    data = (struct.pack("<4I", 2, 1, 2, 3) + struct.pack("<3Q", *labels)
+            + struct.pack("<4H", 1, 0, 1, 1) + struct.pack("<3I", 2, 0, 1))
+    full = decode_label_block(data)
+    assert (full[:8, :, :8] == 3).all() and (full[:8, :, 8:] == 0).all()
+    assert (full[8:, :, :8] == 7).all() and (full[8:, :, 8:] == 0).all()
+    assert_planes_match(data, [range(16), range(8), range(16)])
+    # all sub-blocks unset (N > 1, no indices at all): all zeros
+    unset = struct.pack("<4I", 1, 2, 1, 2) + struct.pack("<2Q", 5, 6) + struct.pack("<2H", 0, 0)
+    assert_planes_match(unset, [range(8), range(16), range(8)])
+    assert not decode_label_plane(unset, 1, 9).any()
+
+
+def test_plane_solid_and_input_types():
+    solid = encode_label_block(np.full((16, 8, 24), U64_MAX, dtype=np.uint64))
+    for axis, shape in ((0, (16, 8)), (1, (16, 24)), (2, (8, 24))):
+        p = decode_label_plane(solid, axis, 7)
+        assert p.shape == shape and p.dtype == np.uint64 and (p == U64_MAX).all()
+    block = voronoi_block((16, 24, 32), 9, np.random.default_rng(2))
+    data = encode_label_block(block)
+    want = block[:, 5, :]
+    for src in (data, bytearray(data), memoryview(data), np.frombuffer(data, np.uint8)):
+        np.testing.assert_array_equal(decode_label_plane(src, 1, 5), want)
+    p = decode_label_plane(data, np.int64(1), np.uint8(5))     # numpy integers accepted
+    np.testing.assert_array_equal(p, want)
+    p[:] = 0                                                     # a fresh, writable array
+    np.testing.assert_array_equal(decode_label_plane(data, 1, 5), want)
+
+
+@pytest.mark.parametrize("axis,k", [
+    (0, -1), (0, 32), (1, 24), (2, 16), (2, -16), (2, 10**9),   # k out of range (shape 16,24,32)
+    (3, 0), (-1, 0), ("x", 0), (1.0, 0), (None, 0), (True, 0),  # bad axis
+    (0, 1.5), (0, "3"), (0, None), (0, False),                   # bad k
+])
+def test_plane_bad_axis_or_k(axis, k):
+    data = encode_label_block(voronoi_block((16, 24, 32), 5, np.random.default_rng(4)))
+    with pytest.raises(InvalidInputError):
+        decode_label_plane(data, axis, k)
+    solid = encode_label_block(np.zeros((16, 24, 32), np.uint64))
+    with pytest.raises(InvalidInputError):
+        decode_label_plane(solid, axis, k)
+
+
+def test_plane_every_truncation_is_rejected():
+    rng = np.random.default_rng(5)
+    block = voronoi_block((16, 16, 16), 6, rng)
+    for data in (encode_label_block(block), encode_label_block(np.zeros((8, 8, 8), np.uint64))):
+        for cut in range(len(data)):
+            for axis in range(3):
+                with pytest.raises(InvalidInputError):
+                    decode_label_plane(data[:cut], axis, 0)
+
+
+@pytest.mark.parametrize("data", [
+    b"",
+    b"\x01\x00\x00\x00" * 3,
+    _two_label_bytes(n=0, labels=[]),
+    _two_label_bytes(n=1000),
+    _two_label_bytes(gx=0),
+    _two_label_bytes(gx=129),
+    _two_label_bytes(gx=2),
+    _two_label_bytes(idx=[0, 2]),
+    _two_label_bytes(counts=[513], idx=[0] * 513, vals=b"\0" * 640),
+    _two_label_bytes(vals=b"\x0f" * 63),
+    _two_label_bytes(counts=[3], idx=[0, 1, 1], vals=b"\xff" * 128),
+    12345,
+])
+def test_plane_malformed_blocks_raise(data):
+    for axis in range(3):
+        with pytest.raises(InvalidInputError):
+            decode_label_plane(data, axis, 0)
+
+
+def test_plane_checks_only_the_values_it_reads():
+    # two sub-blocks along z; sub-block 1 holds value 3 with Ns == 3 (invalid)
+    vals = bytes([0x55]) * 128 + bytes([0xFF]) * 128
+    data = (struct.pack("<4I", 1, 1, 2, 3) + struct.pack("<3Q", 10, 20, 30)
+            + struct.pack("<2H", 3, 3) + struct.pack("<6I", 0, 1, 2, 0, 1, 2) + vals)
+    with pytest.raises(InvalidInputError):
+        decode_label_block(data)
+    for k in range(8):                                   # z planes in sub-block 0 are fine
+        assert (decode_label_plane(data, 2, k) == 20).all()
+    for k in range(8, 16):
+        with pytest.raises(InvalidInputError):
+            decode_label_plane(data, 2, k)
+    for axis in (0, 1):                                  # x/y planes cross sub-block 1
+        with pytest.raises(InvalidInputError):
+            decode_label_plane(data, axis, 4)

@@ -40,14 +40,22 @@ DVID refuses blocks smaller than 16 along an axis; we accept 8.
 """
 from __future__ import annotations
 
+import operator
 import struct
+from functools import lru_cache
 
 import numpy as np
 
 from dvidfs.errors import InvalidInputError
 from dvidfs.formats.buffers import byte_view
 
-__all__ = ["encode_label_block", "decode_label_block", "block_labels", "bits_for"]
+__all__ = [
+    "bits_for",
+    "block_labels",
+    "decode_label_block",
+    "decode_label_plane",
+    "encode_label_block",
+]
 
 SUB = 8                      # sub-block edge
 SB_VOX = SUB * SUB * SUB     # 512 voxels per sub-block
@@ -217,18 +225,15 @@ def encode_label_block(block: np.ndarray) -> bytes:
 
 # ----------------------------------------------------------------------------- decode
 
-def decode_label_block(data) -> np.ndarray:
-    """Decode a DVID compressed label block to a uint64 (nz, ny, nx) array.
+def _parse_body(mv: memoryview, gx: int, gy: int, gz: int, n: int):
+    """Validate and view the sections after the label list of a block with N > 1.
 
-    Raises InvalidInputError for malformed or truncated input (see module doc).
+    Returns (counts, sb_indices, bits, offsets, idx_start, raw): per-sub-block
+    label counts Ns (int64), the concatenated index lists (int64, all < N), bits
+    per packed value, byte offset of each sub-block's values within ``raw``, start
+    of each sub-block's index list within ``sb_indices``, and the value bytes
+    (uint8, exactly sum(64 * bits) long).  Packed values themselves are not checked.
     """
-    mv = _as_buffer(data)
-    gx, gy, gz, n = _parse_header(mv)
-    labels = np.frombuffer(mv, dtype="<u8", count=n, offset=16)
-    shape = (gz * SUB, gy * SUB, gx * SUB)
-    if n == 1:
-        return np.full(shape, labels[0], dtype=np.uint64)
-
     nsb = gx * gy * gz
     pos = 16 + 8 * n
     if pos + 2 * nsb > len(mv):
@@ -264,6 +269,23 @@ def decode_label_block(data) -> np.ndarray:
     np.cumsum(nbytes[:-1], out=offsets[1:])
     idx_start = np.zeros(nsb, dtype=np.int64)
     np.cumsum(counts[:-1], out=idx_start[1:])
+    return counts, sb_indices, bits, offsets, idx_start, raw
+
+
+def decode_label_block(data) -> np.ndarray:
+    """Decode a DVID compressed label block to a uint64 (nz, ny, nx) array.
+
+    Raises InvalidInputError for malformed or truncated input (see module doc).
+    """
+    mv = _as_buffer(data)
+    gx, gy, gz, n = _parse_header(mv)
+    labels = np.frombuffer(mv, dtype="<u8", count=n, offset=16)
+    shape = (gz * SUB, gy * SUB, gx * SUB)
+    if n == 1:
+        return np.full(shape, labels[0], dtype=np.uint64)
+
+    nsb = gx * gy * gz
+    counts, sb_indices, bits, offsets, idx_start, raw = _parse_body(mv, gx, gy, gz, n)
 
     # per-sub-block label table lookups: voxel label = labels[sb_indices[idx_start + value]]
     voxel_labels = labels[sb_indices].astype(np.uint64)  # label of each index-list entry
@@ -297,3 +319,118 @@ def decode_label_block(data) -> np.ndarray:
         out[rows] = voxel_labels[v]
     # counts == 0 sub-blocks stay 0 ("unset, reads as 0")
     return _from_subblocks(out, gz, gy, gx)
+
+
+# ----------------------------------------------------------------------------- single plane
+
+# Output (row, col) axes for each plane axis, in xyz numbering (0 = x, 1 = y, 2 = z):
+# an xy plane (axis 2) is (y, x), xz (axis 1) is (z, x), yz (axis 0) is (z, y).
+_PLANE_AXES = {2: (1, 0), 1: (2, 0), 0: (2, 1)}
+_VOXEL_STRIDE = (1, SUB, SUB * SUB)            # x, y, z step of a voxel index within a sub-block
+
+
+@lru_cache(maxsize=256)
+def _plane_geometry(axis: int, gx: int, gy: int, gz: int):
+    """Per-shape tables for a plane along `axis` (read-only, cached).
+
+    Returns (sb_rel, v_rel, gr, gc, sb_step, v_step): the m = gr*gc sub-blocks the
+    plane crosses, relative to the plane's first one, in (row, col) order; the 64
+    voxel indices of the plane within one sub-block, relative to its first, in
+    (row, col) order; sub-blocks along rows / cols; and the sub-block and voxel
+    index step per unit of sub-block / local coordinate along `axis`.
+    """
+    g = (gx, gy, gz)
+    sb_stride = (1, gx, gx * gy)
+    row, col = _PLANE_AXES[axis]
+    gr, gc = g[row], g[col]
+    sb_rel = (np.arange(gr, dtype=np.int64)[:, None] * sb_stride[row]
+              + np.arange(gc, dtype=np.int64)[None, :] * sb_stride[col]).ravel()
+    v_rel = (np.arange(SUB, dtype=np.int64)[:, None] * _VOXEL_STRIDE[row]
+             + np.arange(SUB, dtype=np.int64)[None, :] * _VOXEL_STRIDE[col]).ravel()
+    sb_rel.flags.writeable = False
+    v_rel.flags.writeable = False
+    return sb_rel, v_rel, gr, gc, sb_stride[axis], _VOXEL_STRIDE[axis]
+
+
+def _plane_index(value, what: str) -> int:
+    if isinstance(value, (bool, np.bool_)):
+        raise InvalidInputError(f"label plane {what} must be an integer, not {value!r}")
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise InvalidInputError(
+            f"label plane {what} must be an integer, not {type(value).__name__}") from None
+
+
+def decode_label_plane(data, axis: int, k: int) -> np.ndarray:
+    """Only plane k of the block along `axis` (0 = x, 1 = y, 2 = z), as a 2-D uint64 array:
+    axis 2 (xy plane) -> shape (ny, nx); axis 1 (xz) -> (nz, nx); axis 0 (yz) -> (nz, ny).
+    Equal to decode_label_block(data)[k], [:, k, :], [:, :, k] respectively.
+
+    Reads only the sub-blocks the plane crosses and, in each, only the 64 packed
+    values lying in the plane: every value is at most 9 bits wide, so it sits in
+    the big-endian 16-bit window starting at its first byte, whatever its width.
+
+    Validation matches decode_label_block for the header, counts, index lists and
+    truncation (InvalidInputError), plus axis not 0/1/2 or k outside 0..n-1 along
+    it.  Packed values are range-checked only where read: a block whose bad value
+    lies outside the plane decodes here although decode_label_block rejects it.
+    """
+    axis = _plane_index(axis, "axis")
+    k = _plane_index(k, "k")
+    if axis not in _PLANE_AXES:
+        raise InvalidInputError(f"label plane axis must be 0 (x), 1 (y) or 2 (z), got {axis}")
+    mv = _as_buffer(data)
+    gx, gy, gz, n = _parse_header(mv)
+    extent = SUB * (gx, gy, gz)[axis]
+    if not 0 <= k < extent:
+        raise InvalidInputError(
+            f"label plane k={k} out of range for {'xyz'[axis]} size {extent}")
+    sb_rel, v_rel, gr, gc, sb_step, v_step = _plane_geometry(axis, gx, gy, gz)
+    shape = (gr * SUB, gc * SUB)
+    labels = np.frombuffer(mv, dtype="<u8", count=n, offset=16)
+    if n == 1:
+        return np.full(shape, labels[0], dtype=np.uint64)
+
+    counts, sb_indices, bits, offsets, idx_start, raw = _parse_body(mv, gx, gy, gz, n)
+    if len(sb_indices) == 0:                       # every sub-block unset: all 0
+        return np.zeros(shape, dtype=np.uint64)
+
+    q, r = divmod(k, SUB)
+    sb = sb_rel + q * sb_step                      # (m,) sub-blocks crossed, (row, col) order
+    vox = v_rel + r * v_step                       # (64,) voxel indices within each
+    b = bits[sb]
+    cnt = counts[sb]
+
+    if len(raw):
+        bitpos = vox * b[:, None]                  # (m, 64) bit offset within the sub-block
+        byte = bitpos >> 3
+        byte += offsets[sb][:, None]
+        # A value starting in the last byte of `raw` ends in it (each sub-block's
+        # values end on a byte boundary), so clipping the second byte is harmless;
+        # it also keeps 0-bit sub-blocks (offset possibly == len(raw)) in range.
+        w = raw.take(byte, mode="clip").astype(np.int64)
+        w <<= 8
+        byte += 1
+        w |= raw.take(byte, mode="clip")
+        bitpos &= 7
+        bitpos += b[:, None]
+        np.subtract(16, bitpos, out=bitpos)        # right shift bringing the value to bit 0
+        w >>= bitpos
+        w &= ((1 << b) - 1)[:, None]               # 0-bit sub-blocks -> value 0
+        bad = w >= np.maximum(cnt, 1)[:, None]
+        if bad.any():
+            j, c = np.argwhere(bad)[0]
+            i = int(sb[j])
+            raise InvalidInputError(
+                f"label block sub-block {i}: packed value {int(w[j, c])} out of range "
+                f"for {int(counts[i])} labels")
+        w += idx_start[sb][:, None]
+    else:                                          # every sub-block has 0 or 1 labels
+        w = np.broadcast_to(idx_start[sb][:, None], (len(sb), SUB * SUB))
+    vals = labels.take(sb_indices.take(w, mode="clip"))
+    empty = cnt == 0                               # Ns == 0: unset, reads as 0
+    if empty.any():
+        vals[empty] = 0
+    out = vals.reshape(gr, gc, SUB, SUB).transpose(0, 2, 1, 3).reshape(shape)
+    return out.astype(np.uint64, copy=False)
