@@ -125,32 +125,26 @@ class BlockVolume:
         return (self.inst.id, tk, version, gen if version == view.version else 0)
 
     def _decoded(self, tk: bytes, version: int, value: bytes, view: VersionView, gen: int) -> np.ndarray:
-        """The decoded block, from the cache when possible (read-only array)."""
-        if self.cache is None:
-            return self.decode_block(value)
-        key = self._cache_key(tk, version, view, gen)
-        block = self.cache.get(key)
-        if block is None:
-            block = self.decode_block(value)
+        """Decode a stored block and keep it in the cache (read-only array)."""
+        block = self.decode_block(value)
+        if self.cache is not None:
             block.flags.writeable = False
-            self.cache.put(key, block)
+            self.cache.put(self._cache_key(tk, version, view, gen), block)
         return block
 
-    def iter_blocks(self, reader: Reader, view: VersionView, box: Box, gen: int | None = None):
-        """(block coord, decoded read-only block) for every stored block touching
-        `box`: one range scan per (z, y) row of blocks.  With a cache, a stored
-        value is copied out of LevelDB only when its decoded block is not cached,
-        so scrolling through slices copies no compressed bytes it does not need.  `gen` must have been read before
-        `reader`'s snapshot was taken (writers hold the lock: None is fine)."""
-        gen = self.generation(view) if gen is None else gen
+    def _iter_stored(self, reader: Reader, view: VersionView, box: Box, gen: int):
+        """(TKey, version, cached decoded block or None, stored value or None) for
+        every stored block touching `box`, one range scan per (z, y) row of
+        blocks.  A stored value is copied out of LevelDB only when its decoded
+        block is not cached, so scrolling copies no bytes it does not need."""
         (x0, y0, z0), (x1, y1, z1) = self.grid.block_range(box)
         inst, cache = self.inst.id, self.cache
         for bz in range(z0, z1 + 1):
             for by in range(y0, y1 + 1):
                 lo, hi = self.block_tkey((x0, by, bz)), self.block_tkey((x1, by, bz))
                 if cache is None:
-                    for tk, _version, value in versioned.scan_versions(reader, inst, lo, hi, view):
-                        yield self.block_coord(tk), self.decode_block(value)
+                    for tk, version, value in versioned.scan_versions(reader, inst, lo, hi, view):
+                        yield tk, version, None, value
                     continue
                 hits: dict = {}
 
@@ -163,11 +157,26 @@ class BlockVolume:
 
                 for tk, version, value in versioned.scan_wanted(reader, inst, lo, hi, view, want):
                     block = hits.get((tk, version))
-                    if block is None:
-                        if value is None:  # the chosen version was not the one we checked
-                            value = reader.get(keys.data_key(inst, tk, version))
-                        block = self._decoded(tk, version, value, view, gen)
-                    yield self.block_coord(tk), block
+                    if block is None and value is None:  # the chosen version was not the one checked
+                        value = reader.get(keys.data_key(inst, tk, version))
+                    yield tk, version, block, value
+
+    def iter_blocks(self, reader: Reader, view: VersionView, box: Box, gen: int | None = None):
+        """(block coord, decoded read-only block) for every stored block touching
+        `box`.  `gen` must have been read before `reader`'s snapshot was taken
+        (writers hold the lock: None is fine)."""
+        gen = self.generation(view) if gen is None else gen
+        for tk, version, block, value in self._iter_stored(reader, view, box, gen):
+            if block is None:
+                block = self._decoded(tk, version, value, view, gen)
+            yield self.block_coord(tk), block
+
+    def decode_plane(self, tk: bytes, version: int, value: bytes, view: VersionView, gen: int,
+                     axis: int, k: int) -> np.ndarray:
+        """Plane k along `axis` (0 = x, 1 = y, 2 = z) of a stored block that is not
+        cached.  Default: decode the whole block (and cache it, for the next
+        slices); labels override this with a decoder that reads only the plane."""
+        return _plane(self._decoded(tk, version, value, view, gen), axis, k)
 
     def block(self, reader: Reader, view: VersionView, bcoord: XYZ, gen: int | None = None) -> np.ndarray | None:
         """One decoded block (read-only), or None where nothing was written."""
@@ -220,15 +229,12 @@ class BlockVolume:
             k = coord - lo_b[fixed] * size[fixed]            # plane index inside each block
             bw, bh = size[wa], size[ha]
             pad = np.zeros(((hi_b[ha] - lo_b[ha] + 1) * bh, (hi_b[wa] - lo_b[wa] + 1) * bw), self.dtype)
-            for bcoord, block in self.iter_blocks(snap, view, box, gen):
+            for tk, version, block, value in self._iter_stored(snap, view, box, gen):
+                bcoord = self.block_coord(tk)
                 r = (bcoord[ha] - lo_b[ha]) * bh
                 c = (bcoord[wa] - lo_b[wa]) * bw
-                if plane == "xy":
-                    pad[r:r + bh, c:c + bw] = block[k]
-                elif plane == "xz":
-                    pad[r:r + bh, c:c + bw] = block[:, k, :]
-                else:
-                    pad[r:r + bh, c:c + bw] = block[:, :, k]
+                pad[r:r + bh, c:c + bw] = (_plane(block, fixed, k) if block is not None else
+                                           self.decode_plane(tk, version, value, view, gen, fixed, k))
         r0 = box.lo[ha] - lo_b[ha] * bh
         c0 = box.lo[wa] - lo_b[wa] * bw
         return pad[r0:r0 + box.size[ha], c0:c0 + box.size[wa]]
@@ -384,6 +390,15 @@ class BlockVolume:
             "Extents": {"MinPoint": list(ext.lo) if ext else None,
                         "MaxPoint": [h - 1 for h in ext.hi] if ext else None},
         }
+
+
+def _plane(block: np.ndarray, axis: int, k: int) -> np.ndarray:
+    """Plane k along axis 0 = x, 1 = y, 2 = z of a [z, y, x] block, as 2-D."""
+    if axis == 2:
+        return block[k]
+    if axis == 1:
+        return block[:, k, :]
+    return block[:, :, k]
 
 
 def _describe_block(tk: bytes) -> str:
