@@ -555,6 +555,8 @@ def test_big_merge_writes_no_voxel_block(store, root, monkeypatch):
             data_classes.add(tk[0])
         elif k.startswith(keys.CHANGES):
             assert keys.split_change_key(k)[2][0] in (CLS_INDEX, CLS_MAPPING, CLS_MUTLOG)
+        elif k.startswith(keys.TOMBSTONED):   # the merged body's index was deleted here
+            assert k == keys.tombstoned_key(vol.inst.id, child.version_id)
         else:
             assert k.startswith(keys.META)
     assert data_classes == {CLS_INDEX, CLS_MAPPING, CLS_MUTLOG}

@@ -275,3 +275,20 @@ def test_reopen_keeps_repos_nodes_branches_logs_instances_voxels(store_path):
         assert s.data(n4, "img").read(db.view(n4), (0, 0, 0), (1, 1, 1))[0, 0, 0] == 9
     finally:
         s.close()
+
+
+def test_put_skips_tombstone_removal_only_when_none_exist(store, root, gray):
+    """Bulk writes leave out the tombstone delete when the version never
+    deleted anything; after a delete they must remove it again."""
+    import numpy as np
+    from dvidfs.store import keys as K
+
+    view = store.db.view(root)
+    gray.write(root, (0, 0, 0), np.full((8, 8, 8), 3, np.uint8))
+    gray.delete(root, (0, 0, 0), (8, 8, 8))
+    assert gray.read(view, (0, 0, 0), (8, 8, 8)).max() == 0
+    tk = gray.block_tkey((0, 0, 0))
+    assert store.engine.get(K.data_key(gray.inst.id, tk, root.version_id, tombstone=True)) == b""
+    gray.write(root, (0, 0, 0), np.full((8, 8, 8), 5, np.uint8))   # must clear the tombstone
+    assert store.engine.get(K.data_key(gray.inst.id, tk, root.version_id, tombstone=True)) is None
+    assert (gray.read(view, (0, 0, 0), (8, 8, 8)) == 5).all()

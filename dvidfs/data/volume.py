@@ -75,6 +75,7 @@ class BlockVolume:
         # key names one immutable block.
         self.cache = cache
         self._gen: dict[int, int] = {}
+        self._tombstones = True  # set per staged write (under the lock)
         bs = inst.config.get("BlockSize", [self.default_block] * 3)
         self.grid = BlockGrid(tuple(int(b) for b in bs))
 
@@ -278,6 +279,7 @@ class BlockVolume:
             view = self.db.view(node)
             batch = Batch()
             with self.engine.snapshot() as snap:
+                self._tombstones = versioned.has_tombstones(snap, self.inst.id, node.version_id)
                 self.begin_stage(snap, view)
                 yield batch, snap, view
                 self.end_stage(batch, snap, node, view)
@@ -327,7 +329,7 @@ class BlockVolume:
                     new: np.ndarray) -> None:
         """Put one block (hook: labels also update their index here)."""
         versioned.put(batch, self.inst.id, self.block_tkey(bcoord), node.version_id,
-                      self.encode_block(new))
+                      self.encode_block(new), self._tombstones)
 
     def _stage_extents(self, batch: Batch, reader: Reader, node: Node, view: VersionView,
                        box: Box) -> None:

@@ -3,6 +3,7 @@
     metadata  0x00 | name bytes
     data      0x01 | instance u32 BE | TKey | version u32 BE | client u32 BE | marker
     changes   0x03 | version u32 BE | instance u32 BE | TKey          (dvidfs addition)
+    deleted   0x04 | instance u32 BE | version u32 BE                 (dvidfs: "has tombstones")
 
 A TKey is `class byte | payload`.  The version is a key *suffix*, so every
 version of one logical key sits together and one range scan over a span of
@@ -22,6 +23,7 @@ import struct
 META = b"\x00"
 DATA = b"\x01"
 CHANGES = b"\x03"
+TOMBSTONED = b"\x04"   # | instance u32 | version u32: that version has deleted something
 
 MARK_DATA = 0x03
 MARK_TOMBSTONE = 0x4F
@@ -93,6 +95,10 @@ def change_prefix(version: int) -> bytes:
 def split_change_key(key: bytes) -> tuple[int, int, bytes]:
     """(version, instance id, TKey) of a change-index key."""
     return _U32.unpack_from(key, 1)[0], _U32.unpack_from(key, 5)[0], key[9:]
+
+
+def tombstoned_key(instance_id: int, version: int) -> bytes:
+    return TOMBSTONED + _U32.pack(instance_id) + _U32.pack(version)
 
 
 def meta_key(name: str) -> bytes:
