@@ -902,14 +902,9 @@ def labels_available() -> bool:
 
 
 def phase_labels(ctx: Ctx) -> None:
-    """Label measurements: one function for the lead to fill in.
-
-    Today: per plane, in-process read_slice of the `segmentation` instance of a
-    cached 512³ label sample, and the same slice read cold through a mount (its
-    file name taken from the plane directory, whatever the label format is).
-    TODO(labels): add sparsevol / label-index measurements and targets here;
-    targets are listed in `targets()` under "labels".
-    """
+    """Label measurements: per plane, in-process read_slice of the `segmentation`
+    instance of a cached 512³ label sample and the same slice read cold through
+    a mount; sparsevol of the largest body and merges (phase_label_bodies)."""
     cfg, R = ctx.cfg, ctx.R
     if not labels_available():
         R.notes["labels"] = "skipped: labels type not available"
@@ -930,6 +925,7 @@ def phase_labels(ctx: Ctx) -> None:
                 vol.read_slice(view, plane, c)
                 ts.append(perf() - t0)
             R.add(f"labels.{plane}.api_raw", ts, desc=f"labels {plane} read_slice ({n}³, in-process)")
+    phase_label_bodies(ctx, path, uuid)
     with mounted(ctx, path, "labels") as m:
         base = m.mnt / LABEL_REPO / uuid / LABEL_DATA
         _warmup(base)
@@ -945,6 +941,48 @@ def phase_labels(ctx: Ctx) -> None:
                 read_file(base / plane / names[c])
                 ts.append(perf() - t0)
             R.add(f"labels.{plane}.mount_cold", ts, desc=f"labels {plane} through the mount, first read")
+
+
+def phase_label_bodies(ctx: Ctx, path: Path, uuid: str) -> None:
+    """sparsevol of the largest body vs numpy computing it from the dense array
+    in memory (same bytes, checked), and a merge of the two largest bodies vs a
+    merge of two small ones, in a child node of a scratch copy of the store."""
+    from dvidfs.formats.sparsevol import encode_rles, runs_from_mask
+    cfg, R = ctx.cfg, ctx.R
+    n = cfg.labels
+    work = ctx.run / "labels-merge-store"
+    shutil.copytree(path, work)
+    with DvidStore(work) as s:
+        node = s.node(uuid)
+        vol, view = s.data(node, LABEL_DATA), s.db.view(node)
+        dense = vol.read(view, (0, 0, 0), (n, n, n))
+        bodies = [int(b) for b in vol.bodies(view)]
+        sizes = sorted(((vol.size(view, b), b) for b in bodies), reverse=True)
+        (size1, big1), (size2, big2) = sizes[0], sizes[1]
+        ts_api, ts_np = [], []
+        for _ in range(3):
+            t0 = perf()
+            got = vol.sparsevol(view, big1)
+            ts_api.append(perf() - t0)
+            t0 = perf()
+            want = encode_rles(runs_from_mask(dense == big1))
+            ts_np.append(perf() - t0)
+        if got != want:
+            raise SystemExit("bench: sparsevol bytes differ from numpy's: a bug, not a benchmark result")
+        R.add("labels.sparsevol.api", ts_api, desc=f"sparsevol of the largest body ({size1} voxels), label index")
+        R.add("labels.sparsevol.numpy", ts_np, desc="the same bytes from the dense array in memory (numpy)")
+        del dense
+        small = [b for sz, b in sizes[len(sizes) // 2:len(sizes) // 2 + 2]]
+        child = s.db.branch(node, "bench-merge")
+        vol.mapping(s.db.view(child))  # build the (empty) mapping cache outside the timing
+        t0 = perf()
+        vol.merge(child, small[0], [small[1]])
+        R.add("labels.merge.small", [perf() - t0], desc="merge of two median-sized bodies")
+        t0 = perf()
+        vol.merge(child, big1, [big2])
+        R.add("labels.merge.largest", [perf() - t0],
+              desc=f"merge of the two largest bodies ({size1} + {size2} voxels), no voxel rewritten")
+    shutil.rmtree(work, ignore_errors=True)
 
 
 # ---------------------------------------------------------------- block size
@@ -1065,7 +1103,10 @@ def targets(ctx: Ctx) -> list[dict]:
             f"version.{op}.small", "<=", 1.2, "median op time, big store / small store")
     row(f"slice at depth {ctx.cfg.depth} / depth 1", "depth.tip", "depth.d1", "<=", 1.2,
         "median warm read_slice of the same xy slice")
-    # TODO(labels): label targets go here once the issue states them.
+    row("labels sparsevol of largest body / numpy", "labels.sparsevol.api", "labels.sparsevol.numpy", "<=", 0.5,
+        "index + named blocks only, vs numpy on the dense array in memory")
+    row("labels merge of 2 largest / merge of 2 median bodies", "labels.merge.largest", "labels.merge.small",
+        "<=", 2.0, "a merge must not grow with the bodies' size (mapping + index only)")
     budgets = cache_budgets()
     budget = sum(budgets.values())
     what = " + ".join(f"{k} {v / MiB:.0f}" for k, v in budgets.items())
