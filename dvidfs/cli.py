@@ -90,9 +90,9 @@ def cmd_import(args) -> None:
     with _open(args) as s:
         node = s.node(args.node)
         vol = s.data(node, args.data)
-        nz = VolumeSource(args.source, vol.dtype).shape[0]
-        with _progress(nz, f"import {os.path.basename(args.source.rstrip('/'))}") as bar:
-            size = import_volume(vol, node, args.source, args.offset, bar.update)
+        src = VolumeSource(args.source, vol.dtype)
+        with _progress(src.shape[0], f"import {os.path.basename(args.source.rstrip('/'))}") as bar:
+            size = import_volume(vol, node, src, args.offset, bar.update)
         print(f"imported {size[0]}x{size[1]}x{size[2]} voxels into {args.data!r} at {tuple(args.offset)}")
 
 

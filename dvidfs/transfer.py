@@ -86,18 +86,26 @@ class VolumeSource:
 
     def validate(self) -> None:
         """Cheap whole-stack checks before anything is written: every slice's
-        header size (folders)."""
-        if hasattr(self, "_files"):
-            from PIL import Image
-            for f in self._files:
-                try:
-                    with Image.open(f) as im:
-                        size = im.size
+        header must be readable and give the stack's size (folders).  Pixel data
+        is decoded later, slab by slab; a file whose header is fine but whose
+        pixels are truncated fails then, after earlier slabs were written."""
+        if not hasattr(self, "_files"):
+            return
+        from PIL import Image
+        import tifffile
+        for f in self._files:
+            try:
+                with Image.open(f) as im:
+                    w, h = im.size
+            except Exception:
+                try:  # e.g. uint64 TIFFs, which Pillow cannot open
+                    with tifffile.TiffFile(f) as tf:
+                        h, w = tf.pages[0].shape[:2]
                 except Exception:
-                    continue  # TIFFs Pillow can't parse are checked when decoded
-                if (size[1], size[0]) != self.shape[1:]:
-                    raise InvalidInputError(f"{f}: slice is {size[0]}x{size[1]}, the stack is "
-                                            f"{self.shape[2]}x{self.shape[1]} (all slices must match)")
+                    raise InvalidInputError(f"{f}: not a readable PNG or TIFF image") from None
+            if (h, w) != self.shape[1:]:
+                raise InvalidInputError(f"{f}: slice is {w}x{h}, the stack is "
+                                        f"{self.shape[2]}x{self.shape[1]} (all slices must match)")
 
     def slabs(self, z_origin: int, thickness: int) -> Iterator[tuple[int, np.ndarray]]:
         """(first z index, slab) aligned so that z_origin + index falls on block boundaries."""
@@ -109,11 +117,11 @@ class VolumeSource:
             z = end
 
 
-def import_volume(vol: BlockVolume, node: Node, path: str, offset=(0, 0, 0),
+def import_volume(vol: BlockVolume, node: Node, source: "str | VolumeSource", offset=(0, 0, 0),
                   progress: Callable[[int], None] | None = None) -> tuple[int, int, int]:
     """Write a whole source into `vol` at `offset`; returns the (x, y, z) size written.
     Each slab is atomic; a failure part-way leaves the earlier slabs written."""
-    src = VolumeSource(path, vol.dtype)
+    src = source if isinstance(source, VolumeSource) else VolumeSource(source, vol.dtype)
     src.validate()
     vol.check_writable(node)
     for z, slab in src.slabs(offset[2], vol.grid.size[2]):

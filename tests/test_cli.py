@@ -102,7 +102,8 @@ def test_commit_branch_merge_log(st):
         assert g.read(v, (100, 0, 0), (1, 1, 1))[0, 0, 0] == 6
 
 
-@pytest.mark.parametrize("case", ["corrupt", "mismatched", "unknown-uuid", "committed", "not-a-source"])
+@pytest.mark.parametrize("case", ["corrupt", "corrupt-late", "mismatched", "unknown-uuid", "committed",
+                                  "not-a-source"])
 def test_bad_input_one_line_and_nothing_written(st, tmp_path, case):
     p, root = st
     vol = np.zeros((3, 8, 8), np.uint8) + 9
@@ -114,6 +115,12 @@ def test_bad_input_one_line_and_nothing_written(st, tmp_path, case):
         (tmp_path / "stack" / "z1.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
         r = dv("import", "em", "gray", tmp_path / "stack", store=p, check=False)
         one_line_error(r, "z1.png")
+    elif case == "corrupt-late":  # a bad file far into a stack: refused before the first slab is written
+        for i in range(3, 40):
+            Image.fromarray(vol[0]).save(tmp_path / "stack" / f"z{i}.png")
+        (tmp_path / "stack" / "z37.png").write_bytes(b"not an image at all")
+        r = dv("import", "em", "gray", tmp_path / "stack", store=p, check=False)
+        one_line_error(r, "z37.png")
     elif case == "mismatched":
         Image.fromarray(np.zeros((9, 8), np.uint8)).save(tmp_path / "stack" / "z2.png")
         r = dv("import", "em", "gray", tmp_path / "stack", store=p, check=False)
