@@ -13,28 +13,25 @@ import sys
 from dvidfs.errors import DvidfsError, InvalidInputError
 
 
-def _xyz(text: str) -> tuple[int, int, int]:
+def _triple(text: str, cast, what: str) -> tuple:
+    """'x,y,z' (or one number for all three) as a tuple of `cast`."""
     try:
-        parts = [int(p) for p in text.replace("x", ",").split(",")]
+        parts = [cast(p) for p in text.split(",")]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not x,y,z integers") from None
+        raise argparse.ArgumentTypeError(f"{text!r} is not x,y,z {what}") from None
     if len(parts) == 1:
         parts *= 3
     if len(parts) != 3:
         raise argparse.ArgumentTypeError(f"{text!r} needs three numbers x,y,z")
     return tuple(parts)
+
+
+def _xyz(text: str) -> tuple[int, int, int]:
+    return _triple(text, int, "integers")
 
 
 def _fxyz(text: str) -> tuple[float, float, float]:
-    try:
-        parts = [float(p) for p in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not x,y,z numbers") from None
-    if len(parts) == 1:
-        parts *= 3
-    if len(parts) != 3:
-        raise argparse.ArgumentTypeError(f"{text!r} needs three numbers x,y,z")
-    return tuple(parts)
+    return _triple(text, float, "numbers")
 
 
 def _progress(total: int, desc: str, unit: str = "slice"):
