@@ -79,6 +79,11 @@ class CountingReader:
             self.scanned += 1
             yield item
 
+    def scan_lazy(self, start, stop):
+        for item in self.inner.scan_lazy(start, stop):
+            self.scanned += 1
+            yield item
+
 
 @pytest.fixture
 def scan_all():

@@ -156,7 +156,7 @@ class BlockVolume:
                     hits[(tk, version)] = b
                     return False
 
-                for tk, version, value in versioned.scan_wanted(reader, inst, lo, hi, view, want):
+                for tk, version, value in versioned.scan_versions(reader, inst, lo, hi, view, want):
                     block = hits.get((tk, version))
                     if block is None and value is None:  # the chosen version was not the one checked
                         value = reader.get(keys.data_key(inst, tk, version))

@@ -53,31 +53,14 @@ class Reader:
 
     def scan(self, start: bytes, stop: bytes, include_value: bool = True) -> Iterator:
         """Keys in [start, stop) in byte order; (key, value) pairs or keys."""
-        return self._src.iterator(start=start, stop=stop, include_value=include_value)
+        for k, fetch in self.scan_lazy(start, stop):
+            yield (k, fetch()) if include_value else k
 
     def scan_lazy(self, start: bytes, stop: bytes) -> Iterator:
-        """(key, fetch) pairs: `fetch()` returns the value, and is only valid until
-        the next item; values nobody asks for are never copied out of LevelDB."""
-        for k, v in self.scan(start, stop):
-            yield k, (lambda v=v: v)
-
-
-class SnapshotReader(Reader):
-    """A snapshot used by one thread for one read: its scans reuse one LevelDB
-    iterator and `seek`, which costs a fraction of opening an iterator per
-    scan (a yz slice is ~1,000 short scans).  A scan started while another is
-    still being consumed gets a fresh iterator, so interleaving stays correct."""
-
-    def __init__(self, snap) -> None:
-        super().__init__(snap)
-        self._idle: dict[bool, object] = {}
-
-    def scan(self, start: bytes, stop: bytes, include_value: bool = True) -> Iterator:
-        it = self._idle.pop(include_value, None) or self._src.raw_iterator()
-        return self._scan(it, start, stop, include_value)
-
-    def scan_lazy(self, start: bytes, stop: bytes) -> Iterator:
-        it = self._idle.pop(False, None) or self._src.raw_iterator()
+        """(key, fetch) pairs for keys in [start, stop): `fetch()` returns the value
+        and is only valid until the next item, so values nobody asks for are never
+        copied out of LevelDB."""
+        it = self._raw_iterator()
         it.seek(start)
         while it.valid():
             k = it.key()
@@ -85,20 +68,33 @@ class SnapshotReader(Reader):
                 break
             yield k, it.value
             it.next()
-        self._idle[False] = it
+        self._done_with(it)
 
-    def _scan(self, it, start: bytes, stop: bytes, include_value: bool) -> Iterator:
-        it.seek(start)
-        while it.valid():
-            k = it.key()
-            if k >= stop:
-                break
-            yield (k, it.value()) if include_value else k
-            it.next()
-        self._idle[include_value] = it
+    def _raw_iterator(self):
+        return self._src.raw_iterator()
+
+    def _done_with(self, it) -> None:
+        it.close()
+
+
+class SnapshotReader(Reader):
+    """A snapshot used by one thread for one read: its scans reuse LevelDB
+    iterators and `seek`, which costs a fraction of opening an iterator per
+    scan (a yz slice is ~1,000 short scans).  A scan started while another is
+    still being consumed takes another iterator, so interleaving stays correct."""
+
+    def __init__(self, snap) -> None:
+        super().__init__(snap)
+        self._idle: list = []
+
+    def _raw_iterator(self):
+        return self._idle.pop() if self._idle else self._src.raw_iterator()
+
+    def _done_with(self, it) -> None:
+        self._idle.append(it)
 
     def close(self) -> None:
-        for it in self._idle.values():
+        for it in self._idle:
             it.close()
         self._idle.clear()
 

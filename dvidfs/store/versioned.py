@@ -96,41 +96,19 @@ def get(reader: Reader, instance_id: int, tk: bytes, view: VersionView) -> bytes
 
 
 def scan_versions(reader: Reader, instance_id: int, tk_lo: bytes, tk_hi: bytes, view: VersionView,
-                  include_value: bool = True) -> Iterator[tuple[bytes, int, bytes]]:
+                  want=True) -> Iterator[tuple[bytes, int, bytes | None]]:
     """(TKey, version that stored it, value) for every live key with
     tk_lo <= TKey <= tk_hi, in byte order, resolved at `view`.  The version
     lets callers cache decoded values: (TKey, version) names one immutable
     value once that version is committed.  Meant for fixed-length TKeys.
-    With include_value=False only keys are read (values come back as b"")."""
-    prefix = keys.instance_prefix(instance_id)
-    start = prefix + tk_lo
-    stop = prefix + tk_hi + b"\xff" * (keys.SUFFIX_LEN + 1)
-    cur_tk: bytes | None = None
-    entries: list[tuple[int, bool, bytes]] = []
-    for item in reader.scan(start, stop, include_value=include_value):
-        k, v = item if include_value else (item, b"")
-        _, tk, version, tomb = keys.split_data_key(k)
-        if tk != cur_tk:
-            if entries:
-                e = _resolve_entry(entries, view, cur_tk)
-                if e is not None and not e[1]:
-                    yield cur_tk, e[0], e[2]
-            cur_tk, entries = tk, []
-        entries.append((version, tomb, v))
-    if entries:
-        e = _resolve_entry(entries, view, cur_tk)
-        if e is not None and not e[1]:
-            yield cur_tk, e[0], e[2]
 
-
-def scan_wanted(reader: Reader, instance_id: int, tk_lo: bytes, tk_hi: bytes, view: VersionView,
-                want) -> Iterator[tuple[bytes, int, bytes | None]]:
-    """Like scan_versions, but a value is copied out of LevelDB only when
-    `want(TKey, version)` says so (e.g. the decoded block is not cached);
+    A value is copied out of LevelDB only if `want` (a bool, or a function of
+    TKey and version, e.g. "the decoded block is not cached") says so;
     otherwise it comes back as None."""
     prefix = keys.instance_prefix(instance_id)
     start = prefix + tk_lo
     stop = prefix + tk_hi + b"\xff" * (keys.SUFFIX_LEN + 1)
+    wanted = want if callable(want) else (lambda tk, version: want)
     cur_tk: bytes | None = None
     entries: list = []
 
@@ -146,7 +124,7 @@ def scan_wanted(reader: Reader, instance_id: int, tk_lo: bytes, tk_hi: bytes, vi
                 if e is not None and not e[1]:
                     yield cur_tk, e[0], e[2]
             cur_tk, entries = tk, []
-        entries.append((version, tomb, fetch() if not tomb and want(tk, version) else None))
+        entries.append((version, tomb, fetch() if not tomb and wanted(tk, version) else None))
     if entries:
         e = resolved()
         if e is not None and not e[1]:
@@ -154,8 +132,9 @@ def scan_wanted(reader: Reader, instance_id: int, tk_lo: bytes, tk_hi: bytes, vi
 
 
 def scan(reader: Reader, instance_id: int, tk_lo: bytes, tk_hi: bytes,
-         view: VersionView, include_value: bool = True) -> Iterator[tuple[bytes, bytes]]:
-    """(TKey, value) for every live key in [tk_lo, tk_hi], resolved at `view`."""
+         view: VersionView, include_value: bool = True) -> Iterator[tuple[bytes, bytes | None]]:
+    """(TKey, value) for every live key in [tk_lo, tk_hi], resolved at `view`
+    (values None with include_value=False)."""
     for tk, _, value in scan_versions(reader, instance_id, tk_lo, tk_hi, view, include_value):
         yield tk, value
 
