@@ -310,3 +310,21 @@ def test_concurrent_writers_into_one_block_lose_nothing(store, root):
     for t in range(n_threads):
         expect[t * per_thread:(t + 1) * per_thread] = t + 1
     assert np.array_equal(vol.read(view, (0, 0, 0), (16, 16, 16)).reshape(-1), expect)
+
+
+def test_block_cached_while_open_is_not_served_after_commit(store, root):
+    """A reader that raced a write in an open node may have cached the block
+    under an early generation of that node; once the node is committed and read
+    from a child, that entry must not be served (ancestor blocks use their own key)."""
+    vol = new_gray(store, root, 8)
+    view = store.db.view(root)
+    vol.write(root, (0, 0, 0), np.full((8, 8, 8), 1, np.uint8))
+    # what a racing reader could have left: the first write's block under generation 0
+    tk = vol.block_tkey((0, 0, 0))
+    stale = np.full((8, 8, 8), 1, np.uint8)
+    stale.flags.writeable = False
+    store.block_cache.put(vol._cache_key(tk, root.version_id, view, 0), stale)
+    vol.write(root, (0, 0, 0), np.full((8, 8, 8), 2, np.uint8))
+    store.db.commit(root)
+    child = store.db.branch(root)
+    assert (vol.read(store.db.view(child), (0, 0, 0), (8, 8, 8)) == 2).all()

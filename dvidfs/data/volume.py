@@ -123,7 +123,11 @@ class BlockVolume:
         return self._gen.get(view.version, 0)
 
     def _cache_key(self, tk: bytes, version: int, view: VersionView, gen: int):
-        return (self.inst.id, tk, version, gen if version == view.version else 0)
+        # A block stored by the view's own (maybe open) version is keyed by that
+        # version's write generation; one stored by an ancestor is final (ancestors
+        # are committed), marked -1 so it never meets a key cached while that
+        # version was still open.
+        return (self.inst.id, tk, version, gen if version == view.version else -1)
 
     def _decoded(self, tk: bytes, version: int, value: bytes, view: VersionView, gen: int) -> np.ndarray:
         """Decode a stored block and keep it in the cache (read-only array)."""
