@@ -79,6 +79,9 @@ class DvidOperations(pyfuse3.Operations):
         self.last_error: dict[str, str] = {}  # node uuid -> message
         self.pending_slices: set[Entry] = set()  # created, not yet flushed
         self.parent_of: dict[int, tuple[int, bytes]] = {}  # ino -> (parent ino, name): for entry invalidation
+        # where to look when invalidating, instead of every inode of the mount
+        self._by_uuid: dict[str, list[int]] = {"": [pyfuse3.ROOT_INODE]}  # node uuid ("" above nodes) -> inos
+        self._node_level: list[int] = []
         self.uid, self.gid = os.getuid(), os.getgid()
         # Renders are GIL-bound Python (one small step per block): running several
         # at once only adds GIL hand-offs (two readers: 0.85x the throughput of
@@ -109,6 +112,9 @@ class DvidOperations(pyfuse3.Operations):
             self._next_ino += 1
             self.ino_of[e] = ino
             self.entry_of[ino] = e
+            self._by_uuid.setdefault(e.uuid, []).append(ino)
+            if e.kind in ("ctrlfile", "node"):   # change with other nodes' commands
+                self._node_level.append(ino)
         return ino
 
     def _entry(self, ino: int) -> Entry:
@@ -171,7 +177,7 @@ class DvidOperations(pyfuse3.Operations):
         return (m + "\n").encode() if m else b""
 
     # ------------------------------------------------------------ invalidation
-    async def _invalidate(self, pred) -> None:
+    async def _invalidate(self, candidates, pred) -> None:
         """Drop what the kernel caches of every known inode whose entry matches
         `pred`, before the handler that changed them replies, so the writer's
         next `stat` already sees the change.  Inodes are invalidated from a
@@ -180,7 +186,8 @@ class DvidOperations(pyfuse3.Operations):
         invalidation takes the parent directory's lock (pyfuse3#2), go through
         pyfuse3's own asynchronous queue, only for entries that can disappear."""
         inos, names = [], []
-        for ino, entry in list(self.entry_of.items()):
+        for ino in set(candidates):
+            entry = self.entry_of[ino]
             if pred(entry):
                 inos.append(ino)
                 if entry.kind in ("body", "bodyfile") and ino in self.parent_of:
@@ -196,13 +203,13 @@ class DvidOperations(pyfuse3.Operations):
         key = (e.uuid, e.data)
         gen = self.tree.generation
         gen[key] = gen.get(key, 0) + 1
-        await self._invalidate(lambda x: x.uuid == e.uuid and x.data == e.data)
+        await self._invalidate(self._by_uuid.get(e.uuid, ()), lambda x: x.data == e.data)
 
     async def _after_control(self, e: Entry) -> None:
         """A node-level change (commit, branch, merge, note, log, new instance):
         the node's own entries, and the repo's links, node dirs and control files."""
-        await self._invalidate(lambda x: x.repo == e.repo and (
-            x.uuid == e.uuid or x.kind in ("repo", "link", "node", "ctrlfile")))
+        candidates = [*self._by_uuid.get(e.uuid, ()), *self._by_uuid[""], *self._node_level]
+        await self._invalidate(candidates, lambda x: x.repo == e.repo)
 
     def _remember(self, parent_inode: int, name: bytes, e: Entry) -> int:
         ino = self._ino(e)
@@ -466,7 +473,7 @@ class DvidOperations(pyfuse3.Operations):
         except DvidfsError as exc:
             raise self._fail(parent.uuid, f"mkdir {sname}", exc) from exc
         ino = self._remember(parent_inode, name, e)
-        await self._invalidate(lambda x: x == parent)
+        await self._invalidate(self._by_uuid.get(parent.uuid, ()), lambda x: x == parent)
         return await self._getattr_entry(e, ino)
 
     async def forget(self, inode_list):
