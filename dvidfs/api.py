@@ -19,10 +19,6 @@ from dvidfs.versions.model import Node
 TYPES: dict[str, type[BlockVolume]] = {"grayscale": Grayscale, "labels": Labels}
 
 
-def register_type(cls: type[BlockVolume]) -> None:
-    TYPES[cls.typename] = cls
-
-
 class DvidStore:
     def __init__(self, path: str | os.PathLike, create: bool = False, block_cache_bytes: int = 256 << 20):
         self.path = os.fspath(path)
@@ -53,8 +49,8 @@ class DvidStore:
         cls = TYPES.get(typename)
         if cls is None:
             raise InvalidInputError(f"unknown data type {typename!r} (known: {', '.join(sorted(TYPES))})")
-        inst = self.db.new_instance(node, name, typename, cls.make_config(**config))
-        return self.data(node, name) if inst else None
+        self.db.new_instance(node, name, typename, cls.make_config(**config))
+        return self.data(node, name)
 
     def data(self, node: Node, name: str) -> BlockVolume:
         """The data instance `name` as visible from `node`."""

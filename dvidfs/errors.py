@@ -65,6 +65,3 @@ class StoreBusyError(DvidfsError):
 
     errno = errno.EBUSY
 
-
-class NotEmptyError(DvidfsError):
-    errno = errno.ENOTEMPTY

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from dvidfs.api import TYPES, DvidStore
+from dvidfs.api import DvidStore
 from dvidfs.errors import ExistsError
 from dvidfs.sample import iter_sample
 
@@ -19,7 +19,7 @@ def build_sample_store(store: DvidStore, size_xyz, repo: str = "sample", seed: i
     root = store.node(r.root)
     gray = store.new_instance(root, "grayscale", "grayscale", block_size=block_size)
     seg = None
-    if labels and "labels" in TYPES:
+    if labels:
         seg = store.new_instance(root, "segmentation", "labels")
     sx, sy, sz = size_xyz
     for z0, g, lab in iter_sample((sz, sy, sx), seed=seed, slab=gray.grid.size[2]):

@@ -61,10 +61,6 @@ class Box:
         """numpy [z, y, x] slices of this box inside an array covering `outer`."""
         return tuple(slice(self.lo[a] - outer.lo[a], self.hi[a] - outer.lo[a]) for a in (2, 1, 0))
 
-    def contains(self, other: "Box") -> bool:
-        return all(a <= b for a, b in zip(self.lo, other.lo)) and all(
-            a >= b for a, b in zip(self.hi, other.hi))
-
 
 @dataclass(frozen=True)
 class BlockGrid:

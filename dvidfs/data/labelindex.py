@@ -32,17 +32,6 @@ def unpack_block(key: int) -> tuple[int, int, int]:
     return g(key & _MASK21), g(key >> 21 & _MASK21), g(key >> 42 & _MASK21)
 
 
-def unpack_blocks(keys: np.ndarray) -> np.ndarray:
-    """Vectorised unpack_block: (n,) uint64 -> (n, 3) int64 of x, y, z."""
-    k = keys.astype(np.uint64)
-    out = np.empty((len(k), 3), np.int64)
-    for i, shift in enumerate((0, 21, 42)):
-        v = ((k >> np.uint64(shift)) & np.uint64(_MASK21)).astype(np.int64)
-        neg = (v & (1 << 20)) != 0
-        out[:, i] = np.where(neg, -(v & 0xFFFFF), v)
-    return out
-
-
 def _summed(b: np.ndarray, s: np.ndarray, c: np.ndarray) -> "LabelIndex":
     """Rows sorted by (block, supervoxel), duplicates summed, zero rows dropped."""
     if not len(b):
