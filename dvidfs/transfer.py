@@ -45,28 +45,27 @@ class VolumeSource:
                 arr = np.load(path, mmap_mode="r")
             except (OSError, ValueError) as exc:
                 raise InvalidInputError(f"{path}: not a readable .npy file ({exc})") from None
-            if arr.ndim == 2:
-                arr = arr[None]
-            if arr.ndim != 3:
-                raise InvalidInputError(f"{path}: expected a 3-D [z, y, x] array, got shape {arr.shape}")
-            self.shape, self._arr = arr.shape, arr
-            self._get = lambda z0, z1: np.asarray(self._arr[z0:z1])
+            self._use_array(arr)
         elif path.lower().endswith((".tif", ".tiff")):
             import tifffile
             try:
                 arr = tifffile.imread(path)
             except Exception as exc:  # tifffile raises many types for corrupt files
                 raise InvalidInputError(f"{path}: not a readable TIFF ({exc})") from None
-            if arr.ndim == 2:
-                arr = arr[None]
-            if arr.ndim != 3:
-                raise InvalidInputError(f"{path}: expected a 2-D or 3-D TIFF, got shape {arr.shape}")
-            self.shape, self._arr = arr.shape, arr
-            self._get = lambda z0, z1: self._arr[z0:z1]
+            self._use_array(arr)
         elif not os.path.exists(path):
             raise NotFoundError(f"{path}: no such file or folder")
         else:
             raise InvalidInputError(f"{path}: import takes a folder of PNG/TIFF slices, a TIFF stack or a .npy")
+
+    def _use_array(self, arr: np.ndarray) -> None:
+        """A whole-volume source (.npy memory map, TIFF stack): 2-D is one plane."""
+        if arr.ndim == 2:
+            arr = arr[None]
+        if arr.ndim != 3:
+            raise InvalidInputError(f"{self.path}: expected a 2-D or 3-D [z, y, x] volume, got shape {arr.shape}")
+        self.shape, self._arr = arr.shape, arr
+        self._get = lambda z0, z1: np.asarray(self._arr[z0:z1])
 
     def _slice(self, i: int) -> np.ndarray:
         with open(self._files[i], "rb") as f:
