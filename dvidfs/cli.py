@@ -10,6 +10,7 @@ import json
 import os
 import sys
 
+from dvidfs.allocator import tune_allocator
 from dvidfs.errors import DvidfsError, InvalidInputError
 
 
@@ -374,6 +375,7 @@ def _join_negative_values(argv: list[str]) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(_join_negative_values(argv))
+    tune_allocator()  # slices and imports allocate in bursts: keep freed memory (dvidfs/allocator.py)
     try:
         args.fn(args)
     except DvidfsError as exc:

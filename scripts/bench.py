@@ -58,6 +58,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import numpy as np  # noqa: E402
 
 from dvidfs import api  # noqa: E402
+from dvidfs.allocator import tune_allocator  # noqa: E402
 from dvidfs.api import DvidStore  # noqa: E402
 from dvidfs.data.geometry import PLANES  # noqa: E402
 from dvidfs.formats.images import encode_png_stored, png_size  # noqa: E402
@@ -1323,6 +1324,10 @@ def main(argv: list[str] | None = None) -> int:
     if bad:
         ap.error(f"unknown phases {sorted(bad)} (known: {', '.join(PHASES)})")
     cfg = QUICK if args.quick else FULL
+    # The mount (via the CLI) runs with dvidfs' allocator settings; so do the
+    # in-process floor and the peers in this process, or the floor would pay
+    # page faults the mount does not (dvidfs/allocator.py).
+    tune_allocator()
     out = args.out.resolve()
     cache = (args.cache or out / "cache").resolve()
     out.mkdir(parents=True, exist_ok=True)

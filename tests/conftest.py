@@ -10,6 +10,8 @@ Helpers (plain functions, importable as `from conftest import ...`):
 """
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 
 from dvidfs.api import DvidStore
@@ -83,6 +85,23 @@ class CountingReader:
         for item in self.inner.scan_lazy(start, stop):
             self.scanned += 1
             yield item
+
+    @contextlib.contextmanager
+    def cursor(self):
+        """Counts keys a hot loop moves past (each in-range key is left by next())."""
+        outer = self
+
+        class Counting:
+            def __init__(self, it):
+                self.it = it
+                self.seek, self.valid, self.key, self.value = it.seek, it.valid, it.key, it.value
+
+            def next(self):
+                outer.scanned += 1
+                self.it.next()
+
+        with self.inner.cursor() as it:
+            yield Counting(it)
 
 
 @pytest.fixture

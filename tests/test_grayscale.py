@@ -3,6 +3,7 @@
 input validation and the stored block layout."""
 from __future__ import annotations
 
+import errno
 import itertools
 import json
 import threading
@@ -13,8 +14,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from dvidfs.errors import InvalidInputError, NotFoundError
+from dvidfs.formats.blockcopy import CorruptBlockError
 from dvidfs.store import keys
-from dvidfs.store.values import decode_value
+from dvidfs.store.engine import Batch
+from dvidfs.store.values import GZIP, LZ4, NONE, decode_value, encode_value
 
 # The model covers [MLO, MLO + MN) on every axis; writes stay inside [-40, 40).
 MLO, MN = -48, 96
@@ -328,3 +331,36 @@ def test_block_cached_while_open_is_not_served_after_commit(store, root):
     store.db.commit(root)
     child = store.db.branch(root)
     assert (vol.read(store.db.view(child), (0, 0, 0), (8, 8, 8)) == 2).all()
+
+
+def test_blocks_stored_by_other_dvid_encodings_read_back(store, root):
+    """DVID also stores values gzip-compressed, uncompressed or with a CRC32
+    (dvid.md): reads and slices decode those too, next to our lz4 blocks."""
+    vol = new_gray(store, root, 8)
+    src = np.random.default_rng(4).integers(0, 256, (16, 16, 24), dtype=np.uint8)
+    vol.write(root, (0, 0, 0), src)
+    batch = Batch()
+    for (cx, cy, cz), enc in {(0, 0, 0): dict(compression=GZIP), (1, 1, 1): dict(compression=NONE),
+                              (2, 0, 1): dict(compression=LZ4, checksum=True),
+                              (1, 0, 0): dict(compression=GZIP, checksum=True)}.items():
+        blk = src[cz * 8:cz * 8 + 8, cy * 8:cy * 8 + 8, cx * 8:cx * 8 + 8]
+        batch.put(keys.data_key(vol.inst.id, vol.block_tkey((cx, cy, cz)), root.version_id),
+                  encode_value(blk.tobytes(), **enc))
+    store.engine.apply(batch)
+    view = store.db.view(root)
+    np.testing.assert_array_equal(vol.read(view, (0, 0, 0), (24, 16, 16)), src)
+    for z in (0, 7, 9, 15):
+        np.testing.assert_array_equal(vol.read_slice(view, "xy", z), src[z])
+    np.testing.assert_array_equal(vol.read_slice(view, "yz", 17), src[:, :, 17])
+
+
+def test_damaged_block_is_an_io_error(store, root):
+    vol = new_gray(store, root, 8)
+    vol.write(root, (0, 0, 0), np.ones((8, 8, 8), np.uint8))
+    k = keys.data_key(vol.inst.id, vol.block_tkey((0, 0, 0)), root.version_id)
+    batch = Batch()
+    batch.put(k, store.engine.get(k)[:-2])  # a truncated lz4 stream
+    store.engine.apply(batch)
+    with pytest.raises(CorruptBlockError) as exc:
+        vol.read_slice(store.db.view(root), "xy", 3)
+    assert exc.value.errno == errno.EIO and repr(vol.inst.name) in str(exc.value)

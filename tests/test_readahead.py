@@ -37,3 +37,21 @@ def test_random_access_does_not_read_ahead(store, root):
     for z in (0, 9, 20, 3, 27):
         ra.read_slice(vol, view, "xy", z)
     assert ra.layers.used == 0
+
+
+def test_second_slice_of_a_layer_reads_ahead(store, root):
+    """Stepping through a stack a few slices at a time (z, z+3, …) stays inside
+    one layer of blocks: the second read loads the layer, later ones are copies
+    that still equal the source voxels."""
+    vol = store.new_instance(root, "g", "grayscale", block_size=8)
+    src = np.random.default_rng(3).integers(0, 256, (24, 16, 20), dtype=np.uint8)
+    vol.write(root, (0, 0, 0), src)
+    view = store.db.view(root)
+    ra = ReadAhead()
+    np.testing.assert_array_equal(ra.read_slice(vol, view, "xy", 8), src[8])
+    assert ra.layers.used == 0
+    np.testing.assert_array_equal(ra.read_slice(vol, view, "xy", 11), src[11])
+    assert ra.layers.used == 8 * 16 * 20  # the layer z = 8..15
+    for z in (14, 9):
+        np.testing.assert_array_equal(ra.read_slice(vol, view, "xy", z), src[z])
+    np.testing.assert_array_equal(ra.read_slice(vol, view, "yz", 5), src[:, :, 5])

@@ -19,6 +19,7 @@ class Grayscale(BlockVolume):
     dtype = np.dtype(np.uint8)
     block_class = keys.CLASS_GRAY_BLOCK
     default_block = 32
+    native_values = True  # slices and reads decode + copy in dvidfs.formats.blockcopy
 
     def encode_block(self, block: np.ndarray) -> bytes:
         return encode_value(np.ascontiguousarray(block).tobytes(), LZ4)

@@ -2,11 +2,14 @@
 
 Fiji's virtual stack (and `for f in xy/*.png`) reads slice z, z+1, z+2 …
 Assembling one slice decodes every block it crosses but uses one plane of each.
-Once two neighbouring slices of a plane have been read, the next read fetches
-the whole layer of blocks around it (one block thick along the plane's axis)
-as a 3-D array, keeps it in a bounded LRU, and serves the following slices as
-plain copies out of it.  Random access (a single slice, spread slices) never
-triggers it, so it costs nothing there.
+Once two neighbouring slices of a plane have been read, or two slices of the
+same layer of blocks (stepping through a stack a few slices at a time), the
+next read fetches the whole layer of blocks around it (one block thick along
+the plane's axis) as a 3-D array, keeps it in a bounded LRU, and serves the
+following slices as plain copies out of it.  Spread-out reads (slices in
+different layers) never trigger it, so it costs nothing there.  For grayscale
+these layers are the only reuse of decoded data across slices (the slice path
+skips the decoded-block cache, see BlockVolume._paste_native).
 
 Layers are keyed by (instance, node version, write generation of the node,
 plane, layer index): a write makes them unreachable.  Safe from several worker
@@ -29,11 +32,14 @@ class ReadAhead:
 
     def read_slice(self, vol: BlockVolume, view: VersionView, plane: str, coord: int) -> np.ndarray:
         track = (vol.inst.id, view.version, plane)
-        sequential = abs(self._last.get(track, coord - 10) - coord) == 1
-        self._last[track] = coord
         fixed = PLANE_AXES[plane][0]
         b = vol.grid.size[fixed]
         layer_idx = coord // b
+        last = self._last.get(track)
+        # scrolling (the neighbour of the last slice) or browsing inside one
+        # layer (a second slice of the same layer of blocks)
+        sequential = last is not None and (abs(last - coord) == 1 or last // b == layer_idx)
+        self._last[track] = coord
         gen = vol.generation(view)
         key = (vol.inst.id, view.version, gen, plane, layer_idx)
         layer = self.layers.get(key)

@@ -22,6 +22,7 @@ from typing import ClassVar
 import numpy as np
 
 from dvidfs.errors import InvalidInputError, NotFoundError, ReadOnlyError
+from dvidfs.formats.blockcopy import NATIVE_HEADERS, copy_blocks
 from dvidfs.store import keys, versioned
 from dvidfs.store.cache import LRUCache
 from dvidfs.store.engine import Batch, Reader
@@ -32,6 +33,9 @@ from dvidfs.data.geometry import (PLANE_AXES, PLANES, XYZ, BlockGrid, Box, image
                                   plane_dims)
 
 EXTENTS_TKEY = keys.tkey(keys.CLASS_EXTENTS)
+# Blocks per native call: large enough to amortise the GIL hand-over, small
+# enough (~2 MiB of values held at once) that memory is recycled, not faulted in.
+NATIVE_BATCH = 64
 
 
 def _merge_extents(ctx) -> bytes | None:
@@ -64,6 +68,9 @@ class BlockVolume:
     block_class: ClassVar[int]
     default_block: ClassVar[int]
     needs_old_blocks: ClassVar[bool] = False  # labels need them to update the index
+    # Stored values are DVID values (plain or lz4) of the raw [z, y, x] voxels,
+    # so the native helper can decode and copy them (grayscale; not labels).
+    native_values: ClassVar[bool] = False
 
     def __init__(self, db: VersionDB, inst: Instance, cache: LRUCache | None = None):
         self.db = db
@@ -137,34 +144,40 @@ class BlockVolume:
             self.cache.put(self._cache_key(tk, version, view, gen), block)
         return block
 
-    def _iter_stored(self, reader: Reader, view: VersionView, box: Box, gen: int):
+    def _iter_stored(self, reader: Reader, view: VersionView, box: Box, gen: int, cached: bool = True):
         """(TKey, version, cached decoded block or None, stored value or None) for
-        every stored block touching `box`, one range scan per (z, y) row of
-        blocks.  A stored value is copied out of LevelDB only when its decoded
-        block is not cached, so scrolling copies no bytes it does not need."""
+        every stored block touching `box`, one range per (z, y) row of blocks, all
+        with one cursor.  A stored value is copied out of LevelDB only when its
+        decoded block is not cached, so scrolling copies no bytes it does not need.
+        `cached=False` skips the block cache (values only)."""
         (x0, y0, z0), (x1, y1, z1) = self.grid.block_range(box)
-        inst, cache = self.inst.id, self.cache
-        for bz in range(z0, z1 + 1):
-            for by in range(y0, y1 + 1):
-                lo, hi = self.block_tkey((x0, by, bz)), self.block_tkey((x1, by, bz))
-                if cache is None:
-                    for tk, version, value in versioned.scan_versions(reader, inst, lo, hi, view):
-                        yield tk, version, None, value
-                    continue
-                hits: dict = {}
+        inst, tkey = self.inst.id, self.block_tkey
+        cache = self.cache if cached else None
+        if x0 == x1:  # one block per row (yz slices): 1,024 ranges for a 1024² slice
+            ranges = [(t, t) for t in (tkey((x0, by, bz)) for bz in range(z0, z1 + 1)
+                                       for by in range(y0, y1 + 1))]
+        else:
+            ranges = [(tkey((x0, by, bz)), tkey((x1, by, bz)))
+                      for bz in range(z0, z1 + 1) for by in range(y0, y1 + 1)]
+        if cache is None:
+            for tk, version, value in versioned.scan_ranges(reader, inst, ranges, view):
+                yield tk, version, None, value
+            return
+        hits: dict = {}
+        get, own = cache.get, view.version
 
-                def want(tk, version, hits=hits):  # "fetch this value?": only on a cache miss
-                    b = cache.get(self._cache_key(tk, version, view, gen))
-                    if b is None:
-                        return True
-                    hits[(tk, version)] = b
-                    return False
+        def want(tk, version):  # "fetch this value?": only on a cache miss
+            b = get((inst, tk, version, gen if version == own else -1))  # = self._cache_key
+            if b is None:
+                return True
+            hits[(tk, version)] = b
+            return False
 
-                for tk, version, value in versioned.scan_versions(reader, inst, lo, hi, view, want):
-                    block = hits.get((tk, version))
-                    if block is None and value is None:  # the chosen version was not the one checked
-                        value = reader.get(keys.data_key(inst, tk, version))
-                    yield tk, version, block, value
+        for tk, version, value in versioned.scan_ranges(reader, inst, ranges, view, want):
+            block = hits.pop((tk, version), None)
+            if block is None and value is None:  # the chosen version was not the one checked
+                value = reader.get(keys.data_key(inst, tk, version))
+            yield tk, version, block, value
 
     def iter_blocks(self, reader: Reader, view: VersionView, box: Box, gen: int | None = None):
         """(block coord, decoded read-only block) for every stored block touching
@@ -202,6 +215,12 @@ class BlockVolume:
 
     def _read_into(self, reader: Reader, view: VersionView, box: Box, out: np.ndarray,
                    gen: int | None = None) -> None:
+        """Copy every stored block's part inside `box` into `out` (the [z, y, x]
+        array of `box`); never-written space is left as it is."""
+        gen = self.generation(view) if gen is None else gen
+        if self.native_values:
+            self._paste_native(reader, view, box, out, gen)
+            return
         bx, by, bz = self.grid.size
         (x0, y0, z0), (x1, y1, z1) = box.lo, box.hi
         for (cx, cy, cz), block in self.iter_blocks(reader, view, box, gen):
@@ -212,12 +231,30 @@ class BlockVolume:
             out[az0 - z0:az1 - z0, ay0 - y0:ay1 - y0, ax0 - x0:ax1 - x0] = \
                 block[az0 - oz:az1 - oz, ay0 - oy:ay1 - oy, ax0 - ox:ax1 - ox]
 
-    def read_slice(self, view: VersionView, plane: str, coord: int) -> np.ndarray:
-        """2-D image (height, width) of one slice across the extents.
+    def _paste_native(self, reader: Reader, view: VersionView, box: Box, out: np.ndarray, gen: int) -> None:
+        """`_read_into` for values that are DVID-encoded raw voxels: the scan
+        (GIL held) only collects (value, coordinate) items; the native helper
+        places, decodes and copies each batch with the GIL released.
 
-        Assembled plane by plane: each block contributes one 2-D plane, copied into
-        an image padded to whole blocks and cropped at the end, which keeps the
-        per-block work to one small copy (1,024 blocks make a 1024² slice)."""
+        The decoded-block cache is bypassed: keeping a 32³ block to reuse one
+        plane of it cost more (an allocation, a cache insert and eviction, ~3 µs)
+        than decoding it again (~1 µs).  Reuse across slices comes from the
+        read-ahead layers (data/readahead.py), which hold decoded slabs."""
+        shape = self.grid.shape_zyx
+        what = f"block of {self.inst.name!r}"
+        items: list = []
+        for tk, version, _, value in self._iter_stored(reader, view, box, gen, cached=False):
+            if value[0] in NATIVE_HEADERS:
+                items.append((value, True, None, tk[-12:]))
+            else:  # gzip or checksummed: rare, decoded in Python
+                items.append((self.decode_block(value), False, None, tk[-12:]))
+            if len(items) >= NATIVE_BATCH:
+                copy_blocks(out, box.lo, shape, items, what)
+                items.clear()
+        copy_blocks(out, box.lo, shape, items, what)
+
+    def read_slice(self, view: VersionView, plane: str, coord: int) -> np.ndarray:
+        """2-D image (height, width) of one slice across the extents."""
         if plane not in PLANES:
             raise InvalidInputError(f"unknown plane {plane!r} (xy, xz or yz)")
         gen = self.generation(view)
@@ -228,18 +265,30 @@ class BlockVolume:
             box = plane_box(ext, plane, coord)
             if ext.intersect(box) is None:
                 raise NotFoundError(f"{plane} slice {coord} is outside the extents of {self.inst.name!r}")
-            fixed, wa, ha = PLANE_AXES[plane]
-            size = self.grid.size
-            lo_b, hi_b = self.grid.block_range(box)
-            k = coord - lo_b[fixed] * size[fixed]            # plane index inside each block
-            bw, bh = size[wa], size[ha]
-            pad = np.zeros(((hi_b[ha] - lo_b[ha] + 1) * bh, (hi_b[wa] - lo_b[wa] + 1) * bw), self.dtype)
-            for tk, version, block, value in self._iter_stored(snap, view, box, gen):
-                bcoord = self.block_coord(tk)
-                r = (bcoord[ha] - lo_b[ha]) * bh
-                c = (bcoord[wa] - lo_b[wa]) * bw
-                pad[r:r + bh, c:c + bw] = (_plane(block, fixed, k) if block is not None else
-                                           self.decode_plane(tk, version, value, view, gen, fixed, k))
+            if self.native_values:
+                out = np.zeros(box.shape_zyx, self.dtype)
+                self._paste_native(snap, view, box, out, gen)
+                w, h = plane_dims(box, plane)
+                return out.reshape(h, w)
+            return self._read_slice_planes(snap, view, box, plane, coord, gen)
+
+    def _read_slice_planes(self, snap: Reader, view: VersionView, box: Box, plane: str, coord: int,
+                           gen: int) -> np.ndarray:
+        """Slice assembly for codecs that can decode one plane of a block
+        (labels): each block contributes one 2-D plane, copied into an image
+        padded to whole blocks and cropped at the end."""
+        fixed, wa, ha = PLANE_AXES[plane]
+        size = self.grid.size
+        lo_b, hi_b = self.grid.block_range(box)
+        k = coord - lo_b[fixed] * size[fixed]            # plane index inside each block
+        bw, bh = size[wa], size[ha]
+        pad = np.zeros(((hi_b[ha] - lo_b[ha] + 1) * bh, (hi_b[wa] - lo_b[wa] + 1) * bw), self.dtype)
+        for tk, version, block, value in self._iter_stored(snap, view, box, gen):
+            bcoord = self.block_coord(tk)
+            r = (bcoord[ha] - lo_b[ha]) * bh
+            c = (bcoord[wa] - lo_b[wa]) * bw
+            pad[r:r + bh, c:c + bw] = (_plane(block, fixed, k) if block is not None else
+                                       self.decode_plane(tk, version, value, view, gen, fixed, k))
         r0 = box.lo[ha] - lo_b[ha] * bh
         c0 = box.lo[wa] - lo_b[wa] * bw
         return pad[r0:r0 + box.size[ha], c0:c0 + box.size[wa]]

@@ -105,30 +105,61 @@ def scan_versions(reader: Reader, instance_id: int, tk_lo: bytes, tk_hi: bytes, 
     A value is copied out of LevelDB only if `want` (a bool, or a function of
     TKey and version, e.g. "the decoded block is not cached") says so;
     otherwise it comes back as None."""
+    return scan_ranges(reader, instance_id, [(tk_lo, tk_hi)], view, want)
+
+
+def scan_ranges(reader: Reader, instance_id: int, ranges, view: VersionView,
+                want=True) -> Iterator[tuple[bytes, int, bytes | None]]:
+    """`scan_versions` over several [tk_lo, tk_hi] ranges, in the order given,
+    with one cursor.  This is the hot loop of every slice (1,024 blocks, and
+    for a yz slice 1,024 ranges), so it is written flat: the common case of a
+    key with one stored version costs a handful of operations."""
     prefix = keys.instance_prefix(instance_id)
-    start = prefix + tk_lo
-    stop = prefix + tk_hi + b"\xff" * (keys.SUFFIX_LEN + 1)
-    wanted = want if callable(want) else (lambda tk, version: want)
-    cur_tk: bytes | None = None
-    entries: list = []
+    plen, slen = len(prefix), keys.SUFFIX_LEN
+    tomb_mark = keys.MARK_TOMBSTONE
+    visible = view.visible
+    wanted = want if callable(want) else None
+    fetch_all = bool(want)
 
-    def resolved():
-        return _resolve_entry(entries, view, cur_tk,
-                              lambda ver, tk=cur_tk: reader.get(keys.data_key(instance_id, tk, ver)))
+    def resolved(entries, tk):
+        e = _resolve_entry(entries, view, tk,
+                           lambda ver: reader.get(keys.data_key(instance_id, tk, ver)))
+        return e if e is not None and not e[1] else None
 
-    for k, fetch in reader.scan_lazy(start, stop):
-        _, tk, version, tomb = keys.split_data_key(k)
-        if tk != cur_tk:
+    with reader.cursor() as it:
+        key, value, advance, valid = it.key, it.value, it.next, it.valid
+        for tk_lo, tk_hi in ranges:
+            stop = prefix + tk_hi + b"\xff" * (slen + 1)
+            it.seek(prefix + tk_lo)
+            cur_tk = None
+            entries: list = []
+            while valid():
+                k = key()
+                if k >= stop:
+                    break
+                tk = k[plen:-slen]
+                version = int.from_bytes(k[-slen:-5], "big")
+                tomb = k[-1] == tomb_mark
+                if tk != cur_tk:
+                    if entries:
+                        if len(entries) == 1:
+                            e = entries[0]
+                            if e[0] in visible and not e[1]:
+                                yield cur_tk, e[0], e[2]
+                        else:
+                            e = resolved(entries, cur_tk)
+                            if e is not None:
+                                yield cur_tk, e[0], e[2]
+                    cur_tk, entries = tk, []
+                if tomb or not (wanted(tk, version) if wanted else fetch_all):
+                    entries.append((version, tomb, None))
+                else:
+                    entries.append((version, False, value()))
+                advance()
             if entries:
-                e = resolved()
-                if e is not None and not e[1]:
+                e = entries[0] if len(entries) == 1 else resolved(entries, cur_tk)
+                if e is not None and e[0] in visible and not e[1]:
                     yield cur_tk, e[0], e[2]
-            cur_tk, entries = tk, []
-        entries.append((version, tomb, fetch() if not tomb and wanted(tk, version) else None))
-    if entries:
-        e = resolved()
-        if e is not None and not e[1]:
-            yield cur_tk, e[0], e[2]
 
 
 def scan(reader: Reader, instance_id: int, tk_lo: bytes, tk_hi: bytes,
