@@ -52,13 +52,18 @@ class Scratch:
     mode: int = 0o644
 
 
+# Files of committed nodes rendered at their first read, not at open.
+LAZY_KINDS = frozenset(("slice", "bodyfile"))
+
+
 @dataclass
 class Handle:
     entry: Entry
     ino: int
-    data: bytes | bytearray = b""
+    data: bytes | bytearray | None = b""  # None: rendered on the first read (see open)
     writing: bool = False
     dirty: bool = False
+    loading: trio.Lock | None = None
 
 
 class DvidOperations(pyfuse3.Operations):
@@ -306,6 +311,14 @@ class DvidOperations(pyfuse3.Operations):
             initial = b"" if flags & os.O_TRUNC or e.kind == "bodyfile" else await self._content(e)
             self.handles[fh] = Handle(e, inode, bytearray(initial), writing=True)
             return pyfuse3.FileInfo(fh=fh, direct_io=True)
+        if locked and e.kind in LAZY_KINDS:
+            # A committed node never changes, so the kernel's page cache (keep_cache)
+            # is the cache: a re-open whose pages are cached sends no read and costs
+            # no render.  The first read renders; the bytes are not kept in the
+            # render cache either, which spared ~0.45 ms of page faults per cold
+            # 1024² slice (fresh memory for a cache that had not filled yet).
+            self.handles[fh] = Handle(e, inode, None, loading=trio.Lock())
+            return pyfuse3.FileInfo(fh=fh, keep_cache=True)
         data = await self._content(e)
         self.handles[fh] = Handle(e, inode, data)
         if locked:
@@ -323,6 +336,10 @@ class DvidOperations(pyfuse3.Operations):
         h = self.handles[fh]
         if h.entry.kind == "scratch":
             return bytes(self.scratch[self.scratch_ino[h.ino]].data[off:off + size])
+        if h.data is None:
+            async with h.loading:  # concurrent reads of one handle render once
+                if h.data is None:
+                    h.data = await self._run(self.tree.read, h.entry, False, limiter=self.render_limiter)
         return bytes(h.data[off:off + size])
 
     async def write(self, fh, off, buf):

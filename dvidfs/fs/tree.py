@@ -292,14 +292,16 @@ class Tree:
         return self.db.branch_tip(self._repo(e.repo), e.name).uuid
 
     # ---------------------------------------------------------------- reading
-    def read(self, e: Entry) -> bytes:
-        """Whole content of a file entry (rendered data cached per write generation)."""
+    def read(self, e: Entry, keep: bool = True) -> bytes:
+        """Whole content of a file entry (rendered data cached per write
+        generation; `keep=False` uses the cache but does not add to it)."""
         if e.kind in ("slice", "bodyfile"):
             key = (e, self.generation.get((e.uuid, e.data), 0))
             data = self.cache.get(key)
             if data is None:
                 data = self._render(e)
-                self.cache.put(key, data)
+                if keep:
+                    self.cache.put(key, data)
             return data
         if e.kind == "instfile":
             view = self.view(e)
