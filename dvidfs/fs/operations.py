@@ -88,12 +88,12 @@ class DvidOperations(pyfuse3.Operations):
         self._by_uuid: dict[str, list[int]] = {"": [pyfuse3.ROOT_INODE]}  # node uuid ("" above nodes) -> inos
         self._node_level: list[int] = []
         self.uid, self.gid = os.getuid(), os.getgid()
-        # Renders run in worker threads, one per core: a grayscale slice spends
-        # most of its time in LevelDB and in the native block copy, both with
-        # the GIL released, so two readers overlap.  More threads than cores
-        # only add GIL hand-offs.  Metadata requests never wait for renders.
-        threads = os.environ.get("DVIDFS_RENDER_THREADS") or min(4, os.cpu_count() or 1)
-        self.render_limiter = trio.CapacityLimiter(int(threads))
+        # Renders take turns in one worker thread.  A grayscale slice still holds
+        # the GIL for most of its time (the LevelDB cursor calls and value copies,
+        # 1,024 per 1024² slice; only the decode + copy runs without it), so two
+        # render threads only add GIL hand-offs: 0.86x the throughput of one
+        # (docs/performance.md).  Metadata requests never wait for renders.
+        self.render_limiter = trio.CapacityLimiter(int(os.environ.get("DVIDFS_RENDER_THREADS", "1")))
 
     # ------------------------------------------------------------ plumbing
     async def _run(self, fn, *args, limiter=None):
