@@ -193,6 +193,14 @@ def has_tombstones(reader: Reader, instance_id: int, version: int) -> bool:
     return reader.get(keys.tombstoned_key(instance_id, version)) is not None
 
 
+def version_changed(reader: Reader, instance_id: int, version: int) -> bool:
+    """Whether `version` wrote or deleted any key of the instance (change index)."""
+    p = keys.change_prefix(version) + keys.u32(instance_id)
+    for _ in reader.scan(p, keys.prefix_end(p), include_value=False):
+        return True
+    return False
+
+
 def changed_keys(reader: Reader, version: int) -> Iterator[tuple[int, bytes]]:
     """(instance id, TKey) of every key written or deleted at `version`."""
     p = keys.change_prefix(version)
