@@ -340,9 +340,9 @@ def test_blocks_stored_by_other_dvid_encodings_read_back(store, root):
     src = np.random.default_rng(4).integers(0, 256, (16, 16, 24), dtype=np.uint8)
     vol.write(root, (0, 0, 0), src)
     batch = Batch()
-    for (cx, cy, cz), enc in {(0, 0, 0): dict(compression=GZIP), (1, 1, 1): dict(compression=NONE),
-                              (2, 0, 1): dict(compression=LZ4, checksum=True),
-                              (1, 0, 0): dict(compression=GZIP, checksum=True)}.items():
+    for (cx, cy, cz), enc in {(0, 0, 0): {"compression": GZIP}, (1, 1, 1): {"compression": NONE},
+                              (2, 0, 1): {"compression": LZ4, "checksum": True},
+                              (1, 0, 0): {"compression": GZIP, "checksum": True}}.items():
         blk = src[cz * 8:cz * 8 + 8, cy * 8:cy * 8 + 8, cx * 8:cx * 8 + 8]
         batch.put(keys.data_key(vol.inst.id, vol.block_tkey((cx, cy, cz)), root.version_id),
                   encode_value(blk.tobytes(), **enc))

@@ -12,7 +12,7 @@ stored value is in dvidfs/store/values.py.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
