@@ -292,3 +292,15 @@ def test_put_skips_tombstone_removal_only_when_none_exist(store, root, gray):
     gray.write(root, (0, 0, 0), np.full((8, 8, 8), 5, np.uint8))   # must clear the tombstone
     assert store.engine.get(K.data_key(gray.inst.id, tk, root.version_id, tombstone=True)) is None
     assert (gray.read(view, (0, 0, 0), (8, 8, 8)) == 5).all()
+
+
+@settings(max_examples=100, deadline=None)
+@given(I32, st.lists(I32, min_size=1, max_size=4), st.lists(I32, min_size=1, max_size=4),
+       st.integers(0, 2**32 - 1), st.integers(0, 2**32 - 1))
+def test_block_keys_equal_data_keys(x, ys, zs, inst, version):
+    """The packed column of keys (yz point reads) is byte for byte what
+    data_key builds from tkey + izyx, negative coordinates included, z-major."""
+    for tk_head in (bytes((keys.CLASS_GRAY_BLOCK,)), bytes((keys.CLASS_LABEL_BLOCK, 0))):
+        got = keys.block_keys(keys.instance_prefix(inst) + tk_head, keys.data_suffix(version), x, ys, zs)
+        want = [keys.data_key(inst, tk_head + keys.izyx(x, y, z), version) for z in zs for y in ys]
+        assert got == want

@@ -154,6 +154,17 @@ class BlockVolume:
         (x0, y0, z0), (x1, y1, z1) = self.grid.block_range(box)
         inst, tkey = self.inst.id, self.block_tkey
         cache = self.cache if cached else None
+        if cache is None and x0 == x1:
+            writers = self._writers(reader, view)
+            if len(writers) <= 1:
+                # One block per row (yz slices) and at most one visible version ever
+                # wrote this instance: each block is a point read at that version.
+                # LevelDB's Get runs without the GIL and skips the cursor's seek: a
+                # yz slice read 25% faster than with 1,024 one-block range scans.
+                if writers:
+                    yield from self._point_reads(reader, writers[0], x0, range(y0, y1 + 1),
+                                                 range(z0, z1 + 1))
+                return
         if x0 == x1:  # one block per row (yz slices): 1,024 ranges for a 1024² slice
             ranges = [(t, t) for t in (tkey((x0, by, bz)) for bz in range(z0, z1 + 1)
                                        for by in range(y0, y1 + 1))]
@@ -161,17 +172,6 @@ class BlockVolume:
             ranges = [(tkey((x0, by, bz)), tkey((x1, by, bz)))
                       for bz in range(z0, z1 + 1) for by in range(y0, y1 + 1)]
         if cache is None:
-            writers = self._writers(reader, view) if x0 == x1 else None
-            if writers is not None and len(writers) <= 1:
-                # One block per row and at most one visible version ever wrote this
-                # instance: each block is a point read at that version.  LevelDB's
-                # Get runs without the GIL and skips the cursor's per-row seek: a
-                # yz slice read 25% faster than with 1,024 range scans.
-                for tk, _ in ranges if writers else ():
-                    value = reader.get(keys.data_key(inst, tk, writers[0]))
-                    if value is not None:
-                        yield tk, writers[0], None, value
-                return
             for tk, version, value in versioned.scan_ranges(reader, inst, ranges, view):
                 yield tk, version, None, value
             return
@@ -190,6 +190,18 @@ class BlockVolume:
             if block is None and value is None:  # the chosen version was not the one checked
                 value = reader.get(keys.data_key(inst, tk, version))
             yield tk, version, block, value
+
+    def _point_reads(self, reader: Reader, version: int, bx: int, ys: range, zs: range):
+        """(TKey, version, None, value) of the stored blocks (bx, y, z), z-major,
+        each read with one `get` at `version`.  Keys are packed in one step each
+        (building them through block_tkey and data_key cost ~1 ms per yz slice)."""
+        head = keys.instance_prefix(self.inst.id) + self.block_tkey((0, 0, 0))[:-12]
+        plen, tail = len(keys.instance_prefix(self.inst.id)), keys.data_suffix(version)
+        get = reader.get
+        for k in keys.block_keys(head, tail, bx, ys, zs):
+            value = get(k)
+            if value is not None:
+                yield k[plen:-keys.SUFFIX_LEN], version, None, value
 
     def _writers(self, reader: Reader, view: VersionView) -> list[int]:
         """The versions visible from `view` that ever wrote or deleted anything

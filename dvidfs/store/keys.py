@@ -74,8 +74,21 @@ def instance_prefix(instance_id: int) -> bytes:
 
 
 def data_key(instance_id: int, tk: bytes, version: int, tombstone: bool = False) -> bytes:
-    return (DATA + _U32.pack(instance_id) + tk
-            + _SUFFIX.pack(version, CLIENT_ID, MARK_TOMBSTONE if tombstone else MARK_DATA))
+    return DATA + _U32.pack(instance_id) + tk + data_suffix(version, tombstone)
+
+
+def data_suffix(version: int, tombstone: bool = False) -> bytes:
+    """The version | client | marker end of a data key."""
+    return _SUFFIX.pack(version, CLIENT_ID, MARK_TOMBSTONE if tombstone else MARK_DATA)
+
+
+def block_keys(head: bytes, tail: bytes, x: int, ys, zs) -> list[bytes]:
+    """head | IZYX(x, y, z) | tail for every z in zs, y in ys (z-major): the
+    full keys of a column of blocks, one struct pack each (hot: a yz slice)."""
+    fmt = struct.Struct(f">{len(head)}sIII{len(tail)}s")
+    pack, xs = fmt.pack, (x & 0xFFFFFFFF) ^ 0x80000000
+    return [pack(head, (z & 0xFFFFFFFF) ^ 0x80000000, (y & 0xFFFFFFFF) ^ 0x80000000, xs, tail)
+            for z in zs for y in ys]
 
 
 def split_data_key(key: bytes) -> tuple[int, bytes, int, bool]:
