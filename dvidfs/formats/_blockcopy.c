@@ -4,17 +4,17 @@
  *
  * Why native: a 1024^2 slice crosses 1,024 blocks of 32^3.  In Python each
  * block costs a few microseconds of interpreter time *holding the GIL* (header
- * parse, lz4 call, numpy slicing), which both sets the single-reader floor and
- * serialises parallel readers.  Here the Python side only collects (value,
- * offsets) tuples; this module validates them all with the GIL held, then
- * releases the GIL for the whole batch of decoding and copying.
+ * parse, lz4 call, numpy slicing).  Here the Python side only collects
+ * (value, block coordinate) tuples; this module validates them all with the
+ * GIL held, works out where each block's part of the box goes, then releases
+ * the GIL for the whole batch of decoding and copying.
  *
  * A stored value is DVID's encoding (dvidfs/store/values.py): one header byte
  * (compression << 5 | checksum << 3), then the payload.  Handled here: no
  * compression (0x00) and lz4 (0x80: uint32 LE uncompressed size, then an lz4
  * block), both without checksum.  Anything else is rejected up front with
- * ValueError; callers decode such rare values in Python and pass the decoded
- * voxels instead.
+ * CorruptBlock; callers decode such rare values in Python and pass the
+ * decoded voxels instead.
  *
  * Concurrency: all Python objects are touched only while the GIL is held; the
  * GIL-free part works on raw pointers whose buffers stay acquired (and the
