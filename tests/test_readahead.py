@@ -55,3 +55,24 @@ def test_second_slice_of_a_layer_reads_ahead(store, root):
     for z in (14, 9):
         np.testing.assert_array_equal(ra.read_slice(vol, view, "xy", z), src[z])
     np.testing.assert_array_equal(ra.read_slice(vol, view, "yz", 5), src[:, :, 5])
+
+
+def test_big_slices_read_ahead_in_thinner_layers(store, root):
+    """When a whole layer of blocks is over a quarter of the budget, layers get
+    thinner (a power-of-two part of a block) instead of disappearing; every
+    slice still equals the source, and the one loaded layer holds t planes."""
+    vol = store.new_instance(root, "g", "grayscale", block_size=8)
+    src = np.random.default_rng(5).integers(0, 256, (16, 12, 10), dtype=np.uint8)
+    vol.write(root, (0, 0, 0), src)
+    view = store.db.view(root)
+    plane_bytes = 12 * 10
+    ra = ReadAhead(budget=4 * (2 * plane_bytes))  # a quarter holds 2 planes, not 8
+    np.testing.assert_array_equal(ra.read_slice(vol, view, "xy", 4), src[4])
+    assert ra.layers.used == 0  # one read: no sequence yet
+    for z in (5, 6, 7, 8):
+        np.testing.assert_array_equal(ra.read_slice(vol, view, "xy", z), src[z])
+        assert ra.layers.used % (2 * plane_bytes) == 0 and ra.layers.used > 0
+    tiny = ReadAhead(budget=4 * plane_bytes)  # not even 2 planes: no read-ahead at all
+    for z in (4, 5, 6):
+        np.testing.assert_array_equal(tiny.read_slice(vol, view, "xy", z), src[z])
+    assert tiny.layers.used == 0

@@ -12,7 +12,9 @@ these layers are the only reuse of decoded data across slices (the slice path
 skips the decoded-block cache, see BlockVolume._paste_native).
 
 Layers are keyed by (instance, node version, write generation of the node,
-plane, layer index): a write makes them unreachable.  Safe from several worker
+plane, thickness, layer index): a write makes them unreachable.  A layer is a
+whole block thick when a quarter of the budget holds it, thinner (a power-of-two
+part of a block) for big slices.  Safe from several worker
 threads: the LRU locks, and the sequence tracker only ever holds a hint.
 """
 from __future__ import annotations
@@ -34,27 +36,43 @@ class ReadAhead:
         track = (vol.inst.id, view.version, plane)
         fixed = PLANE_AXES[plane][0]
         b = vol.grid.size[fixed]
-        layer_idx = coord // b
         last = self._last.get(track)
         # scrolling (the neighbour of the last slice) or browsing inside one
         # layer (a second slice of the same layer of blocks)
-        sequential = last is not None and (abs(last - coord) == 1 or last // b == layer_idx)
+        sequential = last is not None and (abs(last - coord) == 1 or last // b == coord // b)
         self._last[track] = coord
-        gen = vol.generation(view)
-        key = (vol.inst.id, view.version, gen, plane, layer_idx)
-        layer = self.layers.get(key)
-        if layer is None and sequential:
-            layer = self._load(vol, view, plane, layer_idx * b, b)
-            if layer is not None:
-                self.layers.put(key, layer)
+        t = self._thickness(vol, view, plane) if sequential else 0
+        layer = None
+        if t:
+            key = (vol.inst.id, view.version, vol.generation(view), plane, t, coord // t)
+            layer = self.layers.get(key)
+            if layer is None:
+                layer = self._load(vol, view, plane, coord // t * t, t)
+                if layer is not None:
+                    self.layers.put(key, layer)
         if layer is None:
             return vol.read_slice(view, plane, coord)
         start, arr = layer
         return np.ascontiguousarray(volume_to_image(_take(arr, fixed, coord - start), plane))
 
+    def _thickness(self, vol: BlockVolume, view: VersionView, plane: str) -> int:
+        """Planes per layer: a whole block layer when a quarter of the budget holds
+        it, else the largest power-of-two part of one (a 2048² slice of 32³
+        blocks: 8 planes), so big slices still decode each block once per few
+        slices instead of once per slice.  0: not even 2 planes fit."""
+        ext = vol.extents(view)
+        if ext is None:
+            return 0
+        fixed, w, h = PLANE_AXES[plane]
+        plane_bytes = ext.size[w] * ext.size[h] * vol.dtype.itemsize
+        t = vol.grid.size[fixed]
+        while t >= 2 and t * plane_bytes > self.layers.budget // 4:
+            t //= 2
+        return t if t >= 2 else 0
+
     def _load(self, vol: BlockVolume, view: VersionView, plane: str, layer_lo: int, thickness: int):
         """The layer [layer_lo, layer_lo + thickness) clipped to the extents, or
-        None if it is empty or too big for the budget."""
+        None if it is empty."""
         ext = vol.extents(view)
         if ext is None:
             return None
@@ -65,8 +83,6 @@ class ReadAhead:
         box = plane_box(ext, plane, lo)
         size = list(box.size)
         size[fixed] = hi - lo
-        if int(np.prod(size)) * vol.dtype.itemsize > self.layers.budget // 4:
-            return None
         arr = vol.read(view, box.lo, tuple(size))
         arr.flags.writeable = False
         return _Layer(lo, arr)
