@@ -3,7 +3,7 @@
 Measured on the 2-core VM of docs/performance.md: touching fresh memory costs
 ~1.7 µs per 4 KiB page (a page fault plus zeroing).  A slice read allocates and
 frees tens of MiB in short-lived pieces (32 KiB values copied out of LevelDB,
-32 MiB read-ahead layers).  With glibc's defaults, frees above the 128 KiB trim
+1 MiB slices, read-ahead layers).  With glibc's defaults, frees above the 128 KiB trim
 threshold go back to the kernel and big arrays are mmapped, so every slice paid
 its page faults again: a 1024² xy slice took 35 ms instead of 7 ms.
 
@@ -23,7 +23,8 @@ M_TOP_PAD = -2
 M_MMAP_THRESHOLD = -3
 
 TRIM_THRESHOLD = 256 << 20   # keep up to this much free heap before returning any
-MMAP_THRESHOLD = 32 << 20    # glibc's maximum: read-ahead layers (32 MiB) come from the heap
+MMAP_THRESHOLD = 32 << 20    # glibc's maximum: slices, value batches and 2048² read-ahead
+                             # layers come from the heap (32 MiB layers are still mmapped)
 TOP_PAD = 16 << 20           # grow the heap in 16 MiB steps
 
 _done = False

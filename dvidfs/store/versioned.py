@@ -138,7 +138,7 @@ def scan_ranges(reader: Reader, instance_id: int, ranges, view: VersionView,
                 if k >= stop:
                     break
                 tk = k[plen:-slen]
-                version = int.from_bytes(k[-slen:-5], "big")
+                version = int.from_bytes(k[-slen:4 - slen], "big")  # version u32 | client | marker
                 tomb = k[-1] == tomb_mark
                 if tk != cur_tk:
                     if entries:
