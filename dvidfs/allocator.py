@@ -23,8 +23,8 @@ M_TOP_PAD = -2
 M_MMAP_THRESHOLD = -3
 
 TRIM_THRESHOLD = 256 << 20   # keep up to this much free heap before returning any
-MMAP_THRESHOLD = 32 << 20    # glibc's maximum: slices, value batches and 2048² read-ahead
-                             # layers come from the heap (32 MiB layers are still mmapped)
+MMAP_THRESHOLD = 32 << 20    # glibc's maximum: slices and value batches come from the heap;
+                             # arrays of 32 MiB and more (read-ahead layers) are still mmapped
 TOP_PAD = 16 << 20           # grow the heap in 16 MiB steps
 
 _done = False
