@@ -477,7 +477,7 @@ def _api_slices(ctx: Ctx, coords: list[int], S: _Samples) -> None:
     with DvidStore(ctx.gray_path) as s:
         node = s.node(ctx.gray_uuid)
         vol, view = s.data(node, GRAY_DATA), s.db.view(node)
-        for p, c in prefill_slices(ctx):  # first-call costs; block cache full, as in the mount
+        for p, c in prefill_slices(ctx):  # first-call costs and LevelDB's tables opened, as in the mount
             encode_png_stored(vol.read_slice(view, p, c))
         for plane in PLANES:
             for c in coords:
@@ -522,10 +522,11 @@ def _warmup(base: Path) -> None:
 
 def prefill_slices(ctx: Ctx) -> list[tuple[str, int]]:
     """xz/yz slices read before any timing, by every mount session and every
-    in-process round: they fill the decoded-block cache (its memory faulted in,
-    then recycled), so the timed reads see a process in its steady state.
-    None of them is a timed coordinate's file; they share at most 1/32 of an
-    xy slice's blocks."""
+    in-process round: they open LevelDB's tables (a yz slice touches all of
+    them), fill the label instances' decoded-block cache and bring the
+    process's heap to its working size, so the timed reads see a process in
+    its steady state.  None of them is a timed coordinate's file; they share
+    at most 1/32 of an xy slice's blocks."""
     n = ctx.cfg.gray
     k = 2 if ctx.cfg.quick else 6
     return [(p, min(n - 1, int((i + 0.1) * n / k))) for i in range(k) for p in ("xz", "yz")]
@@ -1003,7 +1004,7 @@ def phase_blocksize(ctx: Ctx) -> None:
             s = stack.enter_context(DvidStore(path))
             node = s.node(uuid)
             vols[block] = (s.data(node, GRAY_DATA), s.db.view(node))
-            for p, c in prefill_slices(ctx):  # as in phase_slices: a full block cache
+            for p, c in prefill_slices(ctx):  # as in phase_slices: steady state
                 vols[block][0].read_slice(vols[block][1], p, c)
         for plane in PLANES:
             ts = {block: [] for block in vols}
