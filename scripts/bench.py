@@ -523,9 +523,8 @@ def _warmup(base: Path) -> None:
 def prefill_slices(ctx: Ctx) -> list[tuple[str, int]]:
     """xz/yz slices read before any timing, by every mount session and every
     in-process round: they open LevelDB's tables (a yz slice touches all of
-    them), fill the label instances' decoded-block cache and bring the
-    process's heap to its working size, so the timed reads see a process in
-    its steady state.  None of them is a timed coordinate's file; they share
+    them) and bring the process's heap to its working size, so the timed
+    reads see a process in its steady state.  None of them is a timed coordinate's file; they share
     at most 1/32 of an xy slice's blocks."""
     n = ctx.cfg.gray
     k = 2 if ctx.cfg.quick else 6
