@@ -541,3 +541,126 @@ def test_plane_checks_only_the_values_it_reads():
     for axis in (0, 1):                                  # x/y planes cross sub-block 1
         with pytest.raises(InvalidInputError):
             decode_label_plane(data, axis, 4)
+
+
+# ---------------------------------------------------------------- C fast path
+from dvidfs.formats import _labelblock  # noqa: E402
+from dvidfs.formats.labelblock import decode_label_plane_fast  # noqa: E402
+
+
+def _plane_shape(block_shape_zyx, axis):
+    nz, ny, nx = block_shape_zyx
+    return {2: (ny, nx), 1: (nz, nx), 0: (nz, ny)}[axis]
+
+
+def native_plane(data: bytes, axis: int, k: int, shape):
+    """The C decoder alone: the plane, or None where it defers to numpy."""
+    out = np.empty(shape, dtype=np.uint64)
+    return out if _labelblock.plane(data, axis, k, out) else None
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(plane_blocks(), st.data())
+def test_native_plane_equals_the_source_volume(block, data):
+    """Well-formed blocks (1 to ~600 labels, 9-bit sub-blocks, non-cubic shapes):
+    the C path accepts them and gives the planes of the original array."""
+    enc = encode_label_block(block)
+    for axis in range(3):
+        n = block.shape[2 - axis]
+        for k in {0, n - 1, data.draw(st.integers(0, n - 1), label=f"k{axis}")}:
+            got = native_plane(enc, axis, k, _plane_shape(block.shape, axis))
+            assert got is not None, f"fast path refused a valid block (axis={axis} k={k})"
+            np.testing.assert_array_equal(got, plane_of(block, axis, k))
+
+
+@settings(max_examples=15, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.sampled_from([1, 2, 3, 9, 200, 512]),
+       st.sampled_from([(8, 8, 8), (16, 8, 24), (8, 24, 16)]))
+def test_native_plane_of_dvid_ordered_encoding(seed, nlabels, shape):
+    """DVID's own byte layout (first-seen label order; N == 1 followed by unused
+    counts and indices) decodes on the C path too."""
+    rng = np.random.default_rng(seed)
+    pool = rng.integers(0, U64_MAX, size=nlabels, dtype=np.uint64, endpoint=True)
+    block = pool[rng.integers(0, nlabels, size=shape)]
+    data = ref_encode(block)
+    for axis in range(3):
+        for k in range(shape[2 - axis]):
+            got = native_plane(data, axis, k, _plane_shape(shape, axis))
+            assert got is not None
+            np.testing.assert_array_equal(got, plane_of(block, axis, k))
+
+
+def test_native_plane_hand_built_and_value_less_blocks():
+    """Unsorted label list, unused label, an Ns == 0 sub-block (reads 0), and a
+    block whose sub-blocks all have 0 or 1 labels (no value bytes at all)."""
+    value_less = (struct.pack("<4I", 2, 1, 2, 3) + struct.pack("<3Q", 7, 0, 3)
+                  + struct.pack("<4H", 1, 0, 1, 1) + struct.pack("<3I", 2, 0, 1))
+    for data, shape in ((_hand_built_block(), (8, 8, 24)), (value_less, (16, 8, 16))):
+        full = decode_label_block(data)
+        assert full.shape == shape
+        for axis in range(3):
+            for k in range(shape[2 - axis]):
+                got = native_plane(data, axis, k, _plane_shape(shape, axis))
+                assert got is not None
+                np.testing.assert_array_equal(got, plane_of(full, axis, k))
+
+
+def _same_outcome(data: bytes, axis: int, k: int, shape) -> None:
+    """The C path either decodes exactly what the numpy decoder decodes, or
+    defers; it never accepts what numpy rejects, and never crashes."""
+    try:
+        want = decode_label_plane(data, axis, k)
+    except InvalidInputError:
+        want = None
+    got = native_plane(data, axis, k, shape)
+    if got is not None:
+        assert want is not None, "C path accepted a block the numpy decoder rejects"
+        np.testing.assert_array_equal(got, want)
+    if want is not None and want.shape == tuple(shape):
+        np.testing.assert_array_equal(decode_label_plane_fast(data, axis, k, shape), want)
+
+
+def test_native_plane_every_truncation_defers():
+    rng = np.random.default_rng(5)
+    block = voronoi_block((16, 16, 16), 6, rng)
+    for data in (encode_label_block(block), encode_label_block(np.zeros((8, 8, 8), np.uint64))):
+        for cut in range(len(data)):
+            for axis in range(3):
+                assert native_plane(data[:cut], axis, 0, (16, 16)) is None
+                assert native_plane(data[:cut], axis, 0, (8, 8)) is None
+
+
+@settings(max_examples=150, deadline=None)
+@given(plane_blocks(), st.data())
+def test_native_plane_on_damaged_blocks_matches_numpy_or_defers(block, data):
+    """Random byte damage anywhere in a block: same outcome as numpy."""
+    enc = bytearray(encode_label_block(block))
+    for _ in range(data.draw(st.integers(1, 4), label="damages")):
+        i = data.draw(st.integers(0, len(enc) - 1), label="at")
+        enc[i] = data.draw(st.integers(0, 255), label="byte")
+    for axis in range(3):
+        n = block.shape[2 - axis]
+        k = data.draw(st.integers(0, n - 1), label=f"k{axis}")
+        _same_outcome(bytes(enc), axis, k, _plane_shape(block.shape, axis))
+
+
+def test_native_plane_defers_on_bad_values_only_where_read():
+    vals = bytes([0x55]) * 128 + bytes([0xFF]) * 128
+    data = (struct.pack("<4I", 1, 1, 2, 3) + struct.pack("<3Q", 10, 20, 30)
+            + struct.pack("<2H", 3, 3) + struct.pack("<6I", 0, 1, 2, 0, 1, 2) + vals)
+    for k in range(8):
+        assert (native_plane(data, 2, k, (8, 8)) == 20).all()
+    for k in range(8, 16):
+        assert native_plane(data, 2, k, (8, 8)) is None
+        with pytest.raises(InvalidInputError):
+            decode_label_plane_fast(data, 2, k, (8, 8))
+
+
+def test_native_plane_defers_on_bad_arguments_and_wrong_output_size():
+    data = encode_label_block(np.arange(512, dtype=np.uint64).reshape(8, 8, 8))
+    assert native_plane(data, 2, 0, (8, 8)) is not None
+    for axis, k in ((3, 0), (-1, 0), (2, 8), (2, -1)):
+        assert native_plane(data, axis, k, (8, 8)) is None
+    assert native_plane(data, 2, 0, (8, 16)) is None        # output of the wrong shape
+    with pytest.raises(InvalidInputError):
+        decode_label_plane_fast(data, True, 0, (8, 8))       # bools are not axes (numpy's rule)

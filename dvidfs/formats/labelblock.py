@@ -49,11 +49,19 @@ import numpy as np
 from dvidfs.errors import InvalidInputError
 from dvidfs.formats.buffers import byte_view
 
+try:
+    from dvidfs.formats import _labelblock
+except ImportError as exc:  # pragma: no cover - a broken install, not a code path
+    raise ImportError(
+        "dvidfs' native helper dvidfs.formats._labelblock is not built: run scripts/setup "
+        "(or `pip install -e .` with gcc installed)") from exc
+
 __all__ = [
     "bits_for",
     "block_labels",
     "decode_label_block",
     "decode_label_plane",
+    "decode_label_plane_fast",
     "encode_label_block",
 ]
 
@@ -434,3 +442,16 @@ def decode_label_plane(data, axis: int, k: int) -> np.ndarray:
         vals[empty] = 0
     out = vals.reshape(gr, gc, SUB, SUB).transpose(0, 2, 1, 3).reshape(shape)
     return out.astype(np.uint64, copy=False)
+
+
+def decode_label_plane_fast(data, axis: int, k: int, shape: tuple[int, int]) -> np.ndarray:
+    """`decode_label_plane` for a plane expected to have `shape`: the C fast
+    path (`_labelblock.plane`, a few µs per 64³ block instead of ~50), or, for
+    any block it does not fully accept, the numpy decoder above, which decodes
+    what it leniently accepts and raises the precise error otherwise.  So the
+    result (or the error) is always the numpy decoder's."""
+    if type(axis) is int and type(k) is int:
+        out = np.empty(shape, dtype=np.uint64)
+        if _labelblock.plane(data, axis, k, out):
+            return out
+    return decode_label_plane(data, axis, k)
