@@ -560,7 +560,7 @@ def _plane_shape(block_shape_zyx, axis):
 def native_plane(data: bytes, axis: int, k: int, shape):
     """The C decoder alone: the plane, or None where it defers to numpy."""
     out = np.empty(shape, dtype=np.uint64)
-    return out if _labelblock.plane(data, axis, k, out) else None
+    return out if _labelblock.plane(data, axis, k, out, *shape) else None
 
 
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -639,5 +639,9 @@ def test_native_plane_defers_on_bad_arguments_and_wrong_output_size():
     for axis, k in ((3, 0), (-1, 0), (2, 8), (2, -1)):
         assert native_plane(data, axis, k, (8, 8)) is None
     assert native_plane(data, 2, 0, (8, 16)) is None        # output of the wrong shape
+    tall = encode_label_block(np.arange(1024, dtype=np.uint64).reshape(8, 16, 8))
+    assert native_plane(tall, 2, 0, (8, 16)) is None         # same byte count, another shape
+    # the numpy fallback returns the block's real plane, so Labels' shape check sees it
+    assert decode_label_plane_fast(tall, 2, 0, (8, 16)).shape == (16, 8)
     with pytest.raises(InvalidInputError):
         decode_label_plane_fast(data, True, 0, (8, 8))       # bools are not axes (numpy's rule)

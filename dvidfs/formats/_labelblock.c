@@ -9,7 +9,7 @@
  * It is a fast path only.  The format is documented in labelblock.py; this
  * code decodes well-formed blocks and answers False for anything it does not
  * fully accept (bad header, truncation, counts over 512, an index or packed
- * value out of range, k outside the block, an output of the wrong size).  The
+ * value out of range, k outside the block, a plane of another shape).  The
  * caller then runs the Python decoder, which either decodes the block (its
  * leniencies) or raises the precise error, so both paths give the same result.
  *
@@ -48,7 +48,7 @@ static int bits_for(uint32_t n) {
 
 /* 1: plane decoded into out; 0: let the Python decoder handle this block. */
 static int decode_plane(const uint8_t *d, Py_ssize_t len, int axis, Py_ssize_t k, uint64_t *out,
-                        Py_ssize_t out_bytes) {
+                        Py_ssize_t out_rows, Py_ssize_t out_cols) {
     if (len < 16 || axis < 0 || axis > 2) return 0;
     uint32_t g[3] = {rd32(d), rd32(d + 4), rd32(d + 8)}; /* x, y, z */
     uint32_t n = rd32(d + 12);
@@ -59,7 +59,7 @@ static int decode_plane(const uint8_t *d, Py_ssize_t len, int axis, Py_ssize_t k
     static const int rows_of[3] = {2, 2, 1}, cols_of[3] = {1, 0, 0}; /* yz: (z, y); xz: (z, x); xy: (y, x) */
     int row = rows_of[axis], col = cols_of[axis];
     Py_ssize_t nrows = SUB * (Py_ssize_t)g[row], ncols = SUB * (Py_ssize_t)g[col];
-    if (out_bytes != nrows * ncols * 8) return 0;
+    if (out_rows != nrows || out_cols != ncols) return 0; /* a block of another shape */
     const uint8_t *labels = d + 16;
     if (n == 1) {
         uint64_t v = rd64(labels);
@@ -136,10 +136,11 @@ done:
 }
 
 PyDoc_STRVAR(plane_doc,
-"plane(data, axis, k, out) -> bool\n\n"
+"plane(data, axis, k, out, rows, cols) -> bool\n\n"
 "Decode plane k along axis (0 = x, 1 = y, 2 = z) of the DVID label block in\n"
-"data into out, a writable C-contiguous uint64 buffer of the plane's shape\n"
-"(yz: (nz, ny), xz: (nz, nx), xy: (ny, nx)).  Returns False, leaving out\n"
+"data into out, a writable C-contiguous uint64 buffer of rows x cols, which\n"
+"must be the plane's shape (yz: (nz, ny), xz: (nz, nx), xy: (ny, nx)).\n"
+"Returns False, leaving out\n"
 "unspecified, for any block this fast path does not fully accept: the caller\n"
 "then decodes it with labelblock.decode_label_plane.");
 
@@ -147,11 +148,12 @@ static PyObject *plane(PyObject *self, PyObject *args) {
     Py_buffer data, out;
     int axis;
     Py_ssize_t k;
-    if (!PyArg_ParseTuple(args, "y*inw*", &data, &axis, &k, &out)) return NULL;
+    Py_ssize_t rows, cols;
+    if (!PyArg_ParseTuple(args, "y*inw*nn", &data, &axis, &k, &out, &rows, &cols)) return NULL;
     int ok = 0;
-    if (PyBuffer_IsContiguous(&out, 'C')) {
+    if (PyBuffer_IsContiguous(&out, 'C') && rows > 0 && cols > 0 && out.len == rows * cols * 8) {
         Py_BEGIN_ALLOW_THREADS
-        ok = decode_plane(data.buf, data.len, axis, k, out.buf, out.len);
+        ok = decode_plane(data.buf, data.len, axis, k, out.buf, rows, cols);
         Py_END_ALLOW_THREADS
     }
     PyBuffer_Release(&data);

@@ -452,6 +452,6 @@ def decode_label_plane_fast(data, axis: int, k: int, shape: tuple[int, int]) -> 
     result (or the error) is always the numpy decoder's."""
     if type(axis) is int and type(k) is int:
         out = np.empty(shape, dtype=np.uint64)
-        if _labelblock.plane(data, axis, k, out):
+        if _labelblock.plane(data, axis, k, out, *shape):
             return out
     return decode_label_plane(data, axis, k)
