@@ -31,6 +31,7 @@ class ReadAhead:
     def __init__(self, budget: int = 192 << 20):
         self.layers = LRUCache(budget)
         self._last: dict[tuple, int] = {}  # (instance, version, plane) -> last coord read
+        self._geom: dict[tuple, tuple] = {}  # (instance, version, plane) -> (generation, extents, thickness)
 
     def read_slice(self, vol: BlockVolume, view: VersionView, plane: str, coord: int) -> np.ndarray:
         track = (vol.inst.id, view.version, plane)
@@ -41,41 +42,49 @@ class ReadAhead:
         # layer (a second slice of the same layer of blocks)
         sequential = last is not None and (abs(last - coord) == 1 or last // b == coord // b)
         self._last[track] = coord
-        t = self._thickness(vol, view, plane) if sequential else 0
         layer = None
-        if t:
-            key = (vol.inst.id, view.version, vol.generation(view), plane, t, coord // t)
-            layer = self.layers.get(key)
-            if layer is None:
-                layer = self._load(vol, view, plane, coord // t * t, t)
-                if layer is not None:
-                    self.layers.put(key, layer)
+        if sequential:
+            gen = vol.generation(view)
+            ext, t = self._geometry(vol, view, plane, gen)
+            if t:
+                key = (vol.inst.id, view.version, gen, plane, t, coord // t)
+                layer = self.layers.get(key)
+                if layer is None:
+                    layer = self._load(vol, view, ext, plane, coord // t * t, t)
+                    if layer is not None:
+                        self.layers.put(key, layer)
         if layer is None:
             return vol.read_slice(view, plane, coord)
         start, arr = layer
         return np.ascontiguousarray(volume_to_image(_take(arr, fixed, coord - start), plane))
 
-    def _thickness(self, vol: BlockVolume, view: VersionView, plane: str) -> int:
-        """Planes per layer: a whole block layer when a quarter of the budget holds
+    def _geometry(self, vol: BlockVolume, view: VersionView, plane: str, gen: int):
+        """(extents, planes per layer) of the instance at `view`: remembered per
+        write generation, so a scroll served from cached layers reads nothing.
+
+        Planes per layer: a whole block layer when a quarter of the budget holds
         it, else the largest power-of-two part of one (a 2048² slice of 32³
         blocks: 8 planes), so big slices still decode each block once per few
-        slices instead of once per slice.  0: not even 2 planes fit."""
-        ext = vol.extents(view)
-        if ext is None:
-            return 0
-        fixed, w, h = PLANE_AXES[plane]
-        plane_bytes = ext.size[w] * ext.size[h] * vol.dtype.itemsize
-        t = vol.grid.size[fixed]
-        while t >= 2 and t * plane_bytes > self.layers.budget // 4:
-            t //= 2
-        return t if t >= 2 else 0
+        slices instead of once per slice.  0: no extents, or not even 2 planes fit."""
+        track = (vol.inst.id, view.version, plane)
+        known = self._geom.get(track)
+        if known is not None and known[0] == gen:
+            return known[1], known[2]
+        ext, t = vol.extents(view), 0
+        if ext is not None:
+            fixed, w, h = PLANE_AXES[plane]
+            plane_bytes = ext.size[w] * ext.size[h] * vol.dtype.itemsize
+            t = vol.grid.size[fixed]
+            while t >= 2 and t * plane_bytes > self.layers.budget // 4:
+                t //= 2
+            t = t if t >= 2 else 0
+        self._geom[track] = (gen, ext, t)
+        return ext, t
 
-    def _load(self, vol: BlockVolume, view: VersionView, plane: str, layer_lo: int, thickness: int):
-        """The layer [layer_lo, layer_lo + thickness) clipped to the extents, or
-        None if it is empty."""
-        ext = vol.extents(view)
-        if ext is None:
-            return None
+    def _load(self, vol: BlockVolume, view: VersionView, ext, plane: str, layer_lo: int,
+              thickness: int):
+        """The layer [layer_lo, layer_lo + thickness) clipped to the extents `ext`,
+        or None if it is empty."""
         fixed = PLANE_AXES[plane][0]
         lo, hi = max(layer_lo, ext.lo[fixed]), min(layer_lo + thickness, ext.hi[fixed])
         if hi <= lo:

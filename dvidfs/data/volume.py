@@ -195,8 +195,9 @@ class BlockVolume:
         """(TKey, version, None, value) of the stored blocks (bx, y, z), z-major,
         each read with one `get` at `version`.  Keys are packed in one step each
         (building them through block_tkey and data_key cost ~1 ms per yz slice)."""
-        head = keys.instance_prefix(self.inst.id) + self.block_tkey((0, 0, 0))[:-12]
-        plen, tail = len(keys.instance_prefix(self.inst.id)), keys.data_suffix(version)
+        prefix = keys.instance_prefix(self.inst.id)
+        head, plen = prefix + self.block_tkey((0, 0, 0))[:-12], len(prefix)
+        tail = keys.data_suffix(version)
         get = reader.get
         for k in keys.block_keys(head, tail, bx, ys, zs):
             value = get(k)

@@ -233,6 +233,14 @@ def encode_label_block(block: np.ndarray) -> bytes:
 
 # ----------------------------------------------------------------------------- decode
 
+def _need(mv: memoryview, pos: int, size: int, what: str) -> None:
+    """Raise unless `size` bytes of `what` are there at offset `pos`."""
+    if pos + size > len(mv):
+        raise InvalidInputError(
+            f"label block truncated: {what} need {size} bytes at offset {pos}, "
+            f"only {len(mv) - pos} left")
+
+
 def _parse_body(mv: memoryview, gx: int, gy: int, gz: int, n: int):
     """Validate and view the sections after the label list of a block with N > 1.
 
@@ -244,10 +252,7 @@ def _parse_body(mv: memoryview, gx: int, gy: int, gz: int, n: int):
     """
     nsb = gx * gy * gz
     pos = 16 + 8 * n
-    if pos + 2 * nsb > len(mv):
-        raise InvalidInputError(
-            f"label block truncated: {nsb} sub-block label counts need {2 * nsb} bytes "
-            f"at offset {pos}, only {len(mv) - pos} left")
+    _need(mv, pos, 2 * nsb, f"{nsb} sub-block label counts")
     counts = np.frombuffer(mv, dtype="<u2", count=nsb, offset=pos).astype(np.int64)
     pos += 2 * nsb
     if counts.max() > SB_VOX:
@@ -255,10 +260,7 @@ def _parse_body(mv: memoryview, gx: int, gy: int, gz: int, n: int):
         raise InvalidInputError(
             f"label block sub-block {i} lists {int(counts[i])} labels, at most {SB_VOX} allowed")
     nidx = int(counts.sum())
-    if pos + 4 * nidx > len(mv):
-        raise InvalidInputError(
-            f"label block truncated: {nidx} sub-block label indices need {4 * nidx} bytes "
-            f"at offset {pos}, only {len(mv) - pos} left")
+    _need(mv, pos, 4 * nidx, f"{nidx} sub-block label indices")
     sb_indices = np.frombuffer(mv, dtype="<u4", count=nidx, offset=pos).astype(np.int64)
     pos += 4 * nidx
     if nidx and sb_indices.max() >= n:
@@ -268,10 +270,7 @@ def _parse_body(mv: memoryview, gx: int, gy: int, gz: int, n: int):
     bits = _BITS[counts]
     nbytes = bits * (SB_VOX // 8)
     total = int(nbytes.sum())
-    if pos + total > len(mv):
-        raise InvalidInputError(
-            f"label block truncated: voxel values need {total} bytes at offset {pos}, "
-            f"only {len(mv) - pos} left")
+    _need(mv, pos, total, "voxel values")
     raw = np.frombuffer(mv, dtype=np.uint8, count=total, offset=pos)
     offsets = np.zeros(nsb, dtype=np.int64)
     np.cumsum(nbytes[:-1], out=offsets[1:])
