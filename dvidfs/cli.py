@@ -1,4 +1,4 @@
-"""The `dvidfs` command: a thin layer over `dvidfs.api`.
+"""The `dvidfs` command: a thin front end over the core (`dvidfs.core.Dvid`).
 
 Every user error (a `DvidfsError`, a missing file) prints one line
 `dvidfs: error: …` and exits 1; tracebacks are for bugs only.
@@ -11,6 +11,7 @@ import os
 import sys
 
 from dvidfs.allocator import tune_allocator
+from dvidfs.config import Config
 from dvidfs.errors import DvidfsError, InvalidInputError
 
 
@@ -42,11 +43,11 @@ def _progress(total: int, desc: str, unit: str = "slice"):
 
 
 def _open(args, create: bool = False):
-    from dvidfs.api import DvidStore
+    from dvidfs.core import Dvid
     path = args.store or os.environ.get("DVIDFS_STORE")
     if not path:
         raise InvalidInputError("no store given: use -s STORE or set DVIDFS_STORE")
-    return DvidStore(path, create=create)
+    return Dvid(path, create=create)
 
 
 def _print_node(n) -> None:
@@ -56,21 +57,21 @@ def _print_node(n) -> None:
 
 # ---------------------------------------------------------------- commands
 def cmd_init(args) -> None:
-    from dvidfs.api import DvidStore
-    DvidStore.init(args.path).close()
+    from dvidfs.core import Dvid
+    Dvid.init(args.path).close()
     print(f"initialised store {args.path}")
 
 
 def cmd_repo_new(args) -> None:
     with _open(args) as s:
-        r = s.db.new_repo(args.name, args.description or "")
+        r = s.new_repo(args.name, args.description or "")
         print(r.root)
 
 
 def cmd_repo_list(args) -> None:
     with _open(args) as s:
-        for r in sorted(s.db.repos.values(), key=lambda r: r.alias):
-            tips = s.db.branches(r)
+        for r in s.repos():
+            tips = s.branches(r)
             print(f"{r.alias}  root {r.root}  branches: "
                   + ", ".join(f"{b}={n.uuid[:8]}" for b, n in sorted(tips.items())))
 
@@ -87,7 +88,7 @@ def cmd_import(args) -> None:
     from dvidfs.transfer import VolumeSource, import_volume
     with _open(args) as s:
         node = s.node(args.node)
-        vol = s.data(node, args.data)
+        vol = _volume(s, node, args.data)
         src = VolumeSource(args.source, vol.dtype)
         with _progress(src.shape[0], f"import {os.path.basename(args.source.rstrip('/'))}") as bar:
             size = import_volume(vol, node, src, args.offset, bar.update)
@@ -98,8 +99,8 @@ def cmd_export(args) -> None:
     from dvidfs.transfer import export_volume
     with _open(args) as s:
         node = s.node(args.node)
-        vol = s.data(node, args.data)
-        view = s.db.view(node)
+        vol = _volume(s, node, args.data)
+        view = s.view(node)
         ext = vol.require_extents(view)
         nz = args.size[2] if args.size else ext.size[2]
         with _progress(nz, f"export {args.data}") as bar:
@@ -109,21 +110,19 @@ def cmd_export(args) -> None:
 
 def cmd_commit(args) -> None:
     with _open(args) as s:
-        n = s.db.commit(s.node(args.node), args.message or "", args.log or [])
+        n = s.commit(s.node(args.node), args.message or "", args.log or [])
         print(f"committed {n.uuid}")
 
 
 def cmd_branch(args) -> None:
     with _open(args) as s:
-        n = s.db.branch(s.node(args.node), args.name, args.message or "")
+        n = s.branch(s.node(args.node), args.name, args.message or "")
         print(n.uuid)
 
 
 def cmd_merge(args) -> None:
     with _open(args) as s:
-        parents = [s.node(r) for r in args.nodes]
-        names = {i.id: i.name for i in s.db.repos[parents[0].repo].instances.values()}
-        n = s.db.merge(parents, args.message or "", instance_names=names)
+        n = s.merge([s.node(r) for r in args.nodes], args.message or "")
         print(n.uuid)
 
 
@@ -131,9 +130,9 @@ def cmd_log(args) -> None:
     with _open(args) as s:
         node = s.node(args.node)
         if args.json:
-            print(json.dumps([n.info() for n in s.db.history(node)], indent=2))
+            print(json.dumps([n.info() for n in s.history(node)], indent=2))
             return
-        for n in s.db.history(node):
+        for n in s.history(node):
             _print_node(n)
             for line in n.log:
                 print(f"    {line}")
@@ -142,9 +141,9 @@ def cmd_log(args) -> None:
 def cmd_dag(args) -> None:
     """Every node of a repo, oldest first, with its parents: the whole DAG."""
     with _open(args) as s:
-        repo = s.db.repo(args.repo)
-        tips = {n.uuid: b for b, n in s.db.branches(repo).items()}
-        for n in s.db.repo_nodes(repo):
+        repo = s.repo(args.repo)
+        tips = {n.uuid: b for b, n in s.branches(repo).items()}
+        for n in s.repo_nodes(repo):
             parents = ",".join(p[:8] for p in n.parents) or "-"
             tip = f"  <- {tips[n.uuid]}" if n.uuid in tips else ""
             print(f"{n.uuid}  {n.branch_name:<12} {'committed' if n.locked else 'open':<9} "
@@ -153,12 +152,7 @@ def cmd_dag(args) -> None:
 
 def cmd_info(args) -> None:
     with _open(args) as s:
-        node = s.node(args.node)
-        out = node.info()
-        out["Repo"] = s.db.repos[node.repo].alias
-        out["DataInstances"] = {name: s.data(node, name).info(s.db.view(node))
-                                for name in s.db.instances_at(node)}
-        print(json.dumps(out, indent=2))
+        print(json.dumps(s.node_info(s.node(args.node), instance_info=True), indent=2))
 
 
 def cmd_sample(args) -> None:
@@ -171,12 +165,20 @@ def cmd_sample(args) -> None:
         print(f"repo {args.repo!r}: {sx}x{sy}x{sz} sample in node {uuid} (committed)")
 
 
+def _offering(s, node, name: str, what: str, needed: str):
+    data = s.data(node, name)
+    if what not in data.offers:
+        raise InvalidInputError(f"{name!r} is a {data.typename} instance, not {needed}")
+    return data
+
+
+def _volume(s, node, name: str):
+    return _offering(s, node, name, "volume", "a volume")
+
+
 def _labels(s, args):
     node = s.node(args.node)
-    vol = s.data(node, args.data)
-    if vol.typename != "labels":
-        raise InvalidInputError(f"{args.data!r} is a {vol.typename} instance, not labels")
-    return node, vol
+    return node, _offering(s, node, args.data, "bodies", "labels")
 
 
 def cmd_labels_merge(args) -> None:
@@ -197,13 +199,13 @@ def cmd_labels_split(args) -> None:
 def cmd_labels_size(args) -> None:
     with _open(args) as s:
         node, vol = _labels(s, args)
-        print(vol.size(s.db.view(node), args.label))
+        print(vol.size(s.view(node), args.label))
 
 
 def cmd_labels_sparsevol(args) -> None:
     with _open(args) as s:
         node, vol = _labels(s, args)
-        data = vol.sparsevol(s.db.view(node), args.label, args.min, args.max)
+        data = vol.sparsevol(s.view(node), args.label, args.min, args.max)
         if args.out == "-":
             sys.stdout.buffer.write(data)
         else:
@@ -214,7 +216,7 @@ def cmd_labels_sparsevol(args) -> None:
 def cmd_labels_list(args) -> None:
     with _open(args) as s:
         node, vol = _labels(s, args)
-        view = s.db.view(node)
+        view = s.view(node)
         for b in vol.bodies(view):
             print(f"{b}\t{vol.size(view, int(b))}" if args.sizes else b)
 
@@ -222,13 +224,14 @@ def cmd_labels_list(args) -> None:
 def cmd_labels_mutations(args) -> None:
     with _open(args) as s:
         node, vol = _labels(s, args)
-        for rec in vol.mutations(s.db.view(node)):
+        for rec in vol.mutations(s.view(node)):
             print(json.dumps(rec))
 
 
 def cmd_mount(args) -> None:
     from dvidfs.fs.mount import mount
-    mount(args.path, args.mountpoint, foreground=args.foreground, debug=args.debug)
+    mount(args.path, args.mountpoint, foreground=args.foreground, debug=args.debug,
+          config=Config.from_args(args))
 
 
 def cmd_umount(args) -> None:
@@ -347,6 +350,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("mountpoint")
     c.add_argument("-f", "--foreground", action="store_true", help="stay in the foreground")
     c.add_argument("--debug", action="store_true", help="log every FUSE request (implies -f)")
+    Config.add_arguments(c)
     c.set_defaults(fn=cmd_mount)
 
     c = sub.add_parser("umount", help="unmount")

@@ -3,19 +3,19 @@ from __future__ import annotations
 
 from typing import Callable
 
-from dvidfs.api import DvidStore
+from dvidfs.core import Dvid
 from dvidfs.errors import ExistsError
 from dvidfs.sample import iter_sample
 
 
-def build_sample_store(store: DvidStore, size_xyz, repo: str = "sample", seed: int = 0,
+def build_sample_store(store: Dvid, size_xyz, repo: str = "sample", seed: int = 0,
                        progress: Callable[[int], None] | None = None, labels: bool = True,
                        block_size: int | None = None, commit: bool = True) -> str:
     """Create repo `repo` with a `grayscale` (and `segmentation` labels) instance
     holding the sample, commit the root, and return its UUID."""
-    if any(r.alias == repo for r in store.db.repos.values()):
+    if any(r.alias == repo for r in store.repos()):
         raise ExistsError(f"repo {repo!r} already exists in {store.path}")
-    r = store.db.new_repo(repo, "deterministic EM-like sample volume")
+    r = store.new_repo(repo, "deterministic EM-like sample volume")
     root = store.node(r.root)
     gray = store.new_instance(root, "grayscale", "grayscale", block_size=block_size)
     seg = None
@@ -29,5 +29,5 @@ def build_sample_store(store: DvidStore, size_xyz, repo: str = "sample", seed: i
         if progress:
             progress(g.shape[0])
     if commit:
-        store.db.commit(root, "sample volume", [f"sample {sx}x{sy}x{sz} seed {seed}"])
+        store.commit(root, "sample volume", [f"sample {sx}x{sy}x{sz} seed {seed}"])
     return root.uuid

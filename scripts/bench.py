@@ -32,8 +32,6 @@ import argparse
 import contextlib
 import datetime
 import gc
-import importlib.util
-import inspect
 import json
 import math
 import os
@@ -57,10 +55,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np  # noqa: E402
 
-from dvidfs import api  # noqa: E402
 from dvidfs.allocator import tune_allocator  # noqa: E402
-from dvidfs.api import DvidStore  # noqa: E402
-from dvidfs.data.geometry import PLANES  # noqa: E402
+from dvidfs.config import Config as DvidfsConfig  # noqa: E402
+from dvidfs.core import Dvid, default_registry  # noqa: E402
+from dvidfs.geometry import PLANES  # noqa: E402
 from dvidfs.formats.images import encode_png_stored, png_size  # noqa: E402
 from dvidfs.samplestore import build_sample_store  # noqa: E402
 
@@ -203,7 +201,7 @@ def ensure_sample(ctx: Ctx, edge: int, block: int | None, repo: str, labels: boo
         shutil.rmtree(path)
     log(f"bench: building {name} ({edge}³{', labels' if labels else ''}) in {path} -- cached for later runs")
     t0 = perf()
-    with DvidStore.init(path) as s:
+    with Dvid.init(path) as s:
         uuid = build_sample_store(s, (edge, edge, edge), repo=repo, labels=labels, block_size=block,
                                   progress=_progress(name, edge))
     (path / STAMP).write_text(json.dumps({**want, "uuid": uuid, "build_s": perf() - t0}))
@@ -212,7 +210,7 @@ def ensure_sample(ctx: Ctx, edge: int, block: int | None, repo: str, labels: boo
 
 def store_slabs(path: Path, uuid: str, data: str, slab: int = 64):
     """(z0, [z, y, x]) slabs of a cached store's instance, top to bottom."""
-    with DvidStore(path) as s:
+    with Dvid(path) as s:
         node = s.node(uuid)
         vol, view = s.data(node, data), s.db.view(node)
         ext = vol.require_extents(view)
@@ -451,9 +449,9 @@ def read_file(path: Path | str) -> bytes:
 
 
 def slice_path(base: Path, plane: str, coord: int, ext: str = "png") -> Path:
-    """MNT/.../<data>/<plane>/<coord zero-padded>.png (dvidfs.fs.tree's naming)."""
-    from dvidfs.fs import tree
-    return base / plane / f"{coord:0{getattr(tree, 'SLICE_WIDTH', 5)}d}.{ext}"
+    """MNT/.../<data>/<plane>/<coord zero-padded>.png (dvidfs.fs.volumes' naming)."""
+    from dvidfs.fs.volumes import slice_name
+    return base / plane / slice_name(coord, ext)
 
 
 def _timed_read(path: Path, expect: int) -> float:
@@ -474,7 +472,7 @@ class _Samples(dict):
 def _api_slices(ctx: Ctx, coords: list[int], S: _Samples) -> None:
     """In-process floor: read_slice (raw) and read_slice + encode_png_stored."""
     prewarm(ctx.gray_path)
-    with DvidStore(ctx.gray_path) as s:
+    with Dvid(ctx.gray_path) as s:
         node = s.node(ctx.gray_uuid)
         vol, view = s.data(node, GRAY_DATA), s.db.view(node)
         for p, c in prefill_slices(ctx):  # first-call costs and LevelDB's tables opened, as in the mount
@@ -719,8 +717,8 @@ def _plyvel_import(path: Path, src: np.ndarray, block: int, slab: int) -> float:
         db.close()
 
 
-def phase_import(ctx: Ctx) -> DvidStore | None:
-    """1 GiB (full) through DvidStore.write per 64-plane slab vs a bare plyvel batch.
+def phase_import(ctx: Ctx) -> Dvid | None:
+    """1 GiB (full) through Dvid.write per 64-plane slab vs a bare plyvel batch.
     Returns the last API store, still open, holding the volume (for versions/depth)."""
     cfg, R = ctx.cfg, ctx.R
     n, slab = cfg.gray, 64
@@ -738,8 +736,8 @@ def phase_import(ctx: Ctx) -> DvidStore | None:
         shutil.rmtree(ppath)
         path = ctx.run / f"import-api-{rep}"
         shutil.rmtree(path, ignore_errors=True)
-        s = DvidStore.init(path)
-        r = s.db.new_repo("import")
+        s = Dvid.init(path)
+        r = s.new_repo("import")
         root = s.node(r.root)
         g = s.new_instance(root, GRAY_DATA, "grayscale", block_size=cfg.block)
         os.sync()
@@ -763,7 +761,7 @@ def phase_import(ctx: Ctx) -> DvidStore | None:
     return keep
 
 
-def _settle(store: DvidStore, quiet: float = 2.0, limit: float = 120.0) -> float:
+def _settle(store: Dvid, quiet: float = 2.0, limit: float = 120.0) -> float:
     """Wait until LevelDB's background compaction is done (its stats stop changing
     for `quiet` s), so op timings on a big store do not race a compaction that
     the import just started.  Returns the seconds waited."""
@@ -782,7 +780,7 @@ def _settle(store: DvidStore, quiet: float = 2.0, limit: float = 120.0) -> float
     return perf() - t0
 
 
-def _versions(stores: dict[str, tuple[DvidStore, object]], block: int, reps: int,
+def _versions(stores: dict[str, tuple[Dvid, object]], block: int, reps: int,
               quiet: float = 2.0) -> dict[str, dict]:
     """Timings of db.commit / db.branch / db.merge on each store (name -> (store,
     open root holding its data)).  The stores take turns op by op, so a slow
@@ -794,7 +792,7 @@ def _versions(stores: dict[str, tuple[DvidStore, object]], block: int, reps: int
         ext = s.data(root, GRAY_DATA).require_extents(s.db.view(root))
         geo[name] = (ext.size[0] // block, ext.size[1] // block)
         t0 = perf()
-        s.db.commit(root, "bench: the data")
+        s.commit(root, "bench: the data")
         t[name]["commit_first"].append(perf() - t0)
     for name, (s, _) in stores.items():
         log(f"bench: waited {_settle(s, quiet):.1f} s for LevelDB compaction of the {name} store")
@@ -802,7 +800,7 @@ def _versions(stores: dict[str, tuple[DvidStore, object]], block: int, reps: int
     for i in range(reps):
         for name, (s, root) in stores.items():
             t0 = perf()
-            child = s.db.branch(root, f"bench-{i}")
+            child = s.branch(root, f"bench-{i}")
             t[name]["branch"].append(perf() - t0)
             nbx, nby = geo[name]
             s.data(child, GRAY_DATA).write(child, ((i % nbx) * block, ((i // nbx) % nby) * block, 0),
@@ -810,23 +808,23 @@ def _versions(stores: dict[str, tuple[DvidStore, object]], block: int, reps: int
             kids[name].append(child)
         for name, (s, _) in stores.items():
             t0 = perf()
-            s.db.commit(kids[name][-1], f"bench child {i}")
+            s.commit(kids[name][-1], f"bench child {i}")
             t[name]["commit"].append(perf() - t0)
     for j in range(0, reps - 1, 2):
         for name, (s, _) in stores.items():
             t0 = perf()
-            s.db.merge([kids[name][j], kids[name][j + 1]], "bench merge")
+            s.merge([kids[name][j], kids[name][j + 1]], "bench merge")
             t[name]["merge"].append(perf() - t0)
     return t
 
 
-def phase_versions(ctx: Ctx, big: DvidStore | None) -> None:
+def phase_versions(ctx: Ctx, big: Dvid | None) -> None:
     cfg, R = ctx.cfg, ctx.R
     e = cfg.small_edge
     path = ctx.run / "versions-small"
     shutil.rmtree(path, ignore_errors=True)
-    with DvidStore.init(path) as s:
-        r = s.db.new_repo("small")
+    with Dvid.init(path) as s:
+        r = s.new_repo("small")
         root = s.node(r.root)
         g = s.new_instance(root, GRAY_DATA, "grayscale", block_size=cfg.block)
         g.write(root, (0, 0, 0), (np.arange(64 * e * e) % 251).astype(np.uint8).reshape(64, e, e))
@@ -844,7 +842,7 @@ def phase_versions(ctx: Ctx, big: DvidStore | None) -> None:
                                                      "import)" if op == "commit_first" else ""))
 
 
-def phase_depth(ctx: Ctx, big: DvidStore | None) -> None:
+def phase_depth(ctx: Ctx, big: Dvid | None) -> None:
     """A chain of `depth` nodes (branch, write one block, commit); an xy slice
     through the written blocks read at depth 1 vs at the tip."""
     cfg, R = ctx.cfg, ctx.R
@@ -852,13 +850,13 @@ def phase_depth(ctx: Ctx, big: DvidStore | None) -> None:
     if own:  # --only depth: a store of its own
         path = ctx.run / "depth"
         shutil.rmtree(path, ignore_errors=True)
-        big = DvidStore.init(path)
-        r = big.db.new_repo("depth")
+        big = Dvid.init(path)
+        r = big.new_repo("depth")
         root = big.node(r.root)
         g = big.new_instance(root, GRAY_DATA, "grayscale", block_size=cfg.block)
         for z0, slab in store_slabs(ctx.gray_path, ctx.gray_uuid, GRAY_DATA):
             g.write(root, (0, 0, z0), slab)
-        big.db.commit(root, "depth base")
+        big.commit(root, "depth base")
     db, b = big.db, cfg.block
     root = next(n for n in db.nodes.values() if not n.parents)
     if not root.locked:
@@ -894,12 +892,8 @@ def phase_depth(ctx: Ctx, big: DvidStore | None) -> None:
 
 # ---------------------------------------------------------------- labels
 def labels_available() -> bool:
-    """True when the labels type is registered (importing its module registers it)."""
-    for mod in ("dvidfs.data.labels", "dvidfs.data.labelmap"):
-        with contextlib.suppress(Exception):
-            if importlib.util.find_spec(mod) is not None:
-                importlib.import_module(mod)
-    return "labels" in api.TYPES
+    """True when the core registers the labels type."""
+    return "labels" in default_registry().names()
 
 
 def phase_labels(ctx: Ctx) -> None:
@@ -915,7 +909,7 @@ def phase_labels(ctx: Ctx) -> None:
     n = cfg.labels
     coords = sorted({int((i + 0.5) * n / cfg.plane_reps) for i in range(cfg.plane_reps)})
     prewarm(path)
-    with DvidStore(path) as s:
+    with Dvid(path) as s:
         node = s.node(uuid)
         vol, view = s.data(node, LABEL_DATA), s.db.view(node)
         vol.read_slice(view, "xy", n - 1)
@@ -953,7 +947,7 @@ def phase_label_bodies(ctx: Ctx, path: Path, uuid: str) -> None:
     n = cfg.labels
     work = ctx.run / "labels-merge-store"
     shutil.copytree(path, work)
-    with DvidStore(work) as s:
+    with Dvid(work) as s:
         node = s.node(uuid)
         vol, view = s.data(node, LABEL_DATA), s.db.view(node)
         dense = vol.read(view, (0, 0, 0), (n, n, n))
@@ -974,7 +968,7 @@ def phase_label_bodies(ctx: Ctx, path: Path, uuid: str) -> None:
         R.add("labels.sparsevol.numpy", ts_np, desc="the same bytes from the dense array in memory (numpy)")
         del dense
         small = [b for sz, b in sizes[len(sizes) // 2:len(sizes) // 2 + 2]]
-        child = s.db.branch(node, "bench-merge")
+        child = s.branch(node, "bench-merge")
         vol.mapping(s.db.view(child))  # build the (empty) mapping cache outside the timing
         t0 = perf()
         vol.merge(child, small[0], [small[1]])
@@ -1000,7 +994,7 @@ def phase_blocksize(ctx: Ctx) -> None:
         vols = {}
         for block, (path, uuid) in sources.items():
             prewarm(path)
-            s = stack.enter_context(DvidStore(path))
+            s = stack.enter_context(Dvid(path))
             node = s.node(uuid)
             vols[block] = (s.data(node, GRAY_DATA), s.db.view(node))
             for p, c in prefill_slices(ctx):  # as in phase_slices: steady state
@@ -1026,15 +1020,15 @@ def _blocksize_writes(ctx: Ctx, block: int, vol_zyx: np.ndarray) -> None:
     R = ctx.R
     path = ctx.run / f"blocksize-write-{block}"
     shutil.rmtree(path, ignore_errors=True)
-    with DvidStore.init(path) as s:
-        root = s.node(s.db.new_repo("bw").root)
+    with Dvid.init(path) as s:
+        root = s.node(s.new_repo("bw").root)
         g = s.new_instance(root, GRAY_DATA, "grayscale", block_size=block)
         g.write(root, (0, 0, 0), vol_zyx)
-        s.db.commit(root, "base")
+        s.commit(root, "base")
         nz = vol_zyx.shape[0]
         ts = []
         for i, z in enumerate(range(5, nz, max(1, nz // 8))):
-            child = s.db.branch(root, f"w{i}")
+            child = s.branch(root, f"w{i}")
             img = np.ascontiguousarray(255 - vol_zyx[z])
             t0 = perf()
             s.data(child, GRAY_DATA).write_slice(child, "xy", z, img)
@@ -1049,18 +1043,10 @@ def _blocksize_writes(ctx: Ctx, block: int, vol_zyx: np.ndarray) -> None:
 
 # ============================================================== targets & report
 def cache_budgets() -> dict[str, int]:
-    """The mount's cache budgets as it runs by default: rendered files (fs Tree),
-    decoded blocks (DvidStore) and read-ahead layers, where those exist in this
-    version of dvidfs."""
-    found = {}
-    for label, mod, cls, param in (("render", "dvidfs.fs.tree", "Tree", "cache_bytes"),
-                                   ("blocks", "dvidfs.api", "DvidStore", "block_cache_bytes"),
-                                   ("readahead", "dvidfs.data.readahead", "ReadAhead", "budget")):
-        with contextlib.suppress(Exception):
-            fn = getattr(importlib.import_module(mod), cls).__init__
-            found[label] = int(inspect.signature(fn).parameters[param].default)
-    found.setdefault("render", 256 << 20)
-    return found
+    """The mount's cache budgets as it runs by default (dvidfs.config.Config):
+    rendered files, decoded blocks and read-ahead layers."""
+    cfg = DvidfsConfig.load()
+    return {"render": cfg.render_cache, "blocks": cfg.block_cache, "readahead": cfg.readahead}
 
 
 def cache_budget() -> int:

@@ -1,6 +1,6 @@
 """Shared fixtures for the store / versions / grayscale tests.
 
-`store`   a fresh DvidStore in tmp_path, closed at teardown.
+`store`   a fresh Dvid (the core) in tmp_path, closed at teardown.
 `repo`    a repo "test" in that store; `root` is its (open) root node.
 `gray`    a grayscale instance "gray" with 8³ blocks created in the root.
 
@@ -14,7 +14,7 @@ import contextlib
 
 import pytest
 
-from dvidfs.api import DvidStore
+from dvidfs.core import Dvid
 from dvidfs.store import keys
 
 
@@ -25,7 +25,7 @@ def store_path(tmp_path):
 
 @pytest.fixture
 def store(store_path):
-    s = DvidStore.init(store_path)
+    s = Dvid.init(store_path)
     try:
         yield s
     finally:
@@ -34,7 +34,7 @@ def store(store_path):
 
 @pytest.fixture
 def repo(store):
-    return store.db.new_repo("test", description="fixture repo")
+    return store.new_repo("test", description="fixture repo")
 
 
 @pytest.fixture

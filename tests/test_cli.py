@@ -12,7 +12,7 @@ import pytest
 import tifffile
 from PIL import Image
 
-from dvidfs.api import DvidStore
+from dvidfs.core import Dvid
 
 
 def dv(*args, store=None, check=True):
@@ -32,7 +32,7 @@ def one_line_error(r, needle):
 
 
 def snapshot(store_path):
-    with DvidStore(store_path) as s:
+    with Dvid(store_path) as s:
         return [(bytes(k), bytes(v)) for k, v in s.engine.scan(b"", b"\xff" * 64)]
 
 
@@ -71,7 +71,7 @@ def test_import_export_round_trip(st, tmp_path):
     dv("import", "em", "gray", tmp_path / "v.npy", "--offset", "-3,4,40", store=p)
     tifffile.imwrite(tmp_path / "v.tif", vol[4:8], photometric="minisblack")
     dv("import", "em", "gray", tmp_path / "v.tif", "--offset", "-3,4,50", store=p)
-    with DvidStore(p) as s:
+    with Dvid(p) as s:
         g = s.data(s.node("em"), "gray")
         view = s.db.view(s.node("em"))
         np.testing.assert_array_equal(g.read(view, (-3, 4, 40), (30, 20, 4)), vol[:4])
@@ -84,7 +84,7 @@ def test_commit_branch_merge_log(st):
     a = dv("branch", "em", "--name", "alice", store=p).stdout.strip()
     b = dv("branch", root[:6], "--name", "bob", store=p).stdout.strip()
     assert a != b and len(a) == 32
-    with DvidStore(p) as s:
+    with Dvid(p) as s:
         ga = s.data(s.node(a), "gray")
         ga.write(s.node(a), (0, 0, 0), np.full((1, 1, 1), 5, np.uint8))
         s.data(s.node(b), "gray").write(s.node(b), (100, 0, 0), np.full((1, 1, 1), 6, np.uint8))
@@ -95,7 +95,7 @@ def test_commit_branch_merge_log(st):
     assert log.index(m) < log.index(a) and root in log and "import done" in log
     dag = dv("dag", "em", store=p).stdout.splitlines()
     assert len(dag) == 4 and any(m in l and "<- alice" in l for l in dag)
-    with DvidStore(p) as s:
+    with Dvid(p) as s:
         g = s.data(s.node(m), "gray")
         v = s.db.view(s.node(m))
         assert g.read(v, (0, 0, 0), (1, 1, 1))[0, 0, 0] == 5

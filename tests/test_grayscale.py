@@ -328,8 +328,8 @@ def test_block_cached_while_open_is_not_served_after_commit(store, root):
     stale.flags.writeable = False
     store.block_cache.put(vol._cache_key(tk, root.version_id, view, 0), stale)
     vol.write(root, (0, 0, 0), np.full((8, 8, 8), 2, np.uint8))
-    store.db.commit(root)
-    child = store.db.branch(root)
+    store.commit(root)
+    child = store.branch(root)
     assert (vol.read(store.db.view(child), (0, 0, 0), (8, 8, 8)) == 2).all()
 
 
@@ -375,9 +375,9 @@ def test_yz_slices_across_versions_follow_the_model(store, root):
     rng = np.random.default_rng(9)
     model = rng.integers(1, 256, (24, 16, 20), dtype=np.uint8)
     vol.write(root, (0, 0, 0), model)
-    store.db.commit(root)
-    child = store.db.branch(root)
-    side = store.db.branch(root, name="side")
+    store.commit(root)
+    child = store.branch(root)
+    side = store.branch(root, name="side")
     views = {n.uuid: store.db.view(n) for n in (root, child, side)}
     for x in (0, 7, 8, 19):  # before the child writes: one writer (root) everywhere
         for n in (root, child, side):
@@ -394,7 +394,7 @@ def test_yz_slices_across_versions_follow_the_model(store, root):
         np.testing.assert_array_equal(vol.read_slice(views[child.uuid], "yz", x), changed[:, :, x])
         np.testing.assert_array_equal(vol.read_slice(views[side.uuid], "yz", x), model[:, :, x])
         np.testing.assert_array_equal(vol.read_slice(views[root.uuid], "yz", x), model[:, :, x])
-    store.db.commit(child)
-    grandchild = store.db.branch(child)
+    store.commit(child)
+    grandchild = store.branch(child)
     for x in (0, 9, 15):
         np.testing.assert_array_equal(vol.read_slice(store.db.view(grandchild), "yz", x), changed[:, :, x])

@@ -10,7 +10,7 @@ import subprocess
 import numpy as np
 import pytest
 
-from dvidfs.api import DvidStore
+from dvidfs.core import Dvid
 from mounting import mounted
 
 pytestmark = pytest.mark.mount
@@ -44,10 +44,10 @@ def _imagej(macro_path, arg) -> list[str]:
 def test_imagej_opens_slice_sequence(tmp_path):
     rng = np.random.default_rng(5)
     vol = rng.integers(0, 256, (30, 40, 50), dtype=np.uint8)   # z, y, x
-    with DvidStore.init(tmp_path / "store") as s:
-        root = s.node(s.db.new_repo("em").root)
+    with Dvid.init(tmp_path / "store") as s:
+        root = s.node(s.new_repo("em").root)
         s.new_instance(root, "gray", "grayscale", block_size=16).write(root, (0, 0, 0), vol)
-        s.db.commit(root, "for ImageJ")
+        s.commit(root, "for ImageJ")
     (tmp_path / "seq.ijm").write_text(MACRO)
     with mounted(tmp_path / "store", tmp_path / "mnt"):
         for plane, expect in (("xy", vol), ("xz", vol.transpose(1, 0, 2)), ("yz", vol.transpose(2, 0, 1))):

@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import full_scan
-from dvidfs.api import DvidStore
+from dvidfs.core import Dvid
 from dvidfs.errors import ConflictError, InvalidInputError, NotFoundError, ReadOnlyError
 from dvidfs.store import keys
 
@@ -766,7 +766,7 @@ def test_unknown_labels_and_self_merge(store, root):
 
 def test_committed_node_is_read_only(store, root):
     vol, sv = base_volume(store, root)
-    store.db.commit(root)
+    store.commit(root)
     good = ref_mask_rles(sv == 2, MO)
     before = full_scan(store.engine)
     for call in (lambda: vol.merge(root, 1, [2]),
@@ -819,7 +819,7 @@ def test_node_merge_joins_label_data(store, root):
     vol.merge(a, 1, [2])                         # a label merge on one side only
     db.commit(a)
     db.commit(b)
-    m = db.merge([a, b], note="join")
+    m = store.merge([a, b], note="join")
     view = db.view(m)
     origin = (-64, -48, -40)
     full = np.zeros((80, 90, 108), np.uint64)    # covers both patches and the base
@@ -852,7 +852,7 @@ def test_reopen_keeps_mapping_index_and_log(store, store_path, root):
     sv2[cut] = r2["NewLabel"]
     root_uuid, child_uuid = root.uuid, child.uuid
     store.close()
-    s2 = DvidStore(store_path)
+    s2 = Dvid(store_path)
     try:
         rnode, cnode = s2.node(root_uuid), s2.node(child_uuid)
         v2 = s2.data(cnode, name)
@@ -883,7 +883,7 @@ def test_node_merge_same_label_in_different_blocks(store, root):
     vol.write(b, (10, 10, 10), np.full((4, 4, 4), 3, np.uint64))      # block (0, 0, 0)
     db.commit(a)
     db.commit(b)
-    m = db.merge([a, b])
+    m = store.merge([a, b])
     full = sv.copy()
     full[:4, :4, :4] = 3
     full[34:38, 34:38, 34:38] = 3
@@ -919,7 +919,7 @@ def test_node_merge_same_label_same_block_on_both_sides_is_a_conflict(store, roo
     db.commit(b)
     before = full_scan(store.engine)
     with pytest.raises(ConflictError, match="block"):
-        db.merge([a, b])
+        store.merge([a, b])
     assert full_scan(store.engine) == before
 
 
@@ -940,7 +940,7 @@ def test_splits_in_sibling_branches_get_different_ids_and_merge(store, root):
     assert ra["NewLabel"] != rb["NewLabel"]
     db.commit(a)
     db.commit(b)
-    m = db.merge([a, b])
+    m = store.merge([a, b])
     view = db.view(m)
     assert vol.size(view, ra["NewLabel"]) == int((sv == x).sum())
     assert vol.size(view, rb["NewLabel"]) == int((sv == y).sum())

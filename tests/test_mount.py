@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dvidfs.api import DvidStore
+from dvidfs.core import Dvid
 from dvidfs.formats.images import encode_png_stored
 from mounting import dvidfs, is_mounted, mounted
 
@@ -49,13 +49,13 @@ def _png(path) -> np.ndarray:
 
 
 def _make_store(path, vol, commit=True):
-    with DvidStore.init(path) as s:
-        r = s.db.new_repo("em")
+    with Dvid.init(path) as s:
+        r = s.new_repo("em")
         root = s.node(r.root)
         g = s.new_instance(root, "gray", "grayscale", block_size=16)
         g.write(root, OFFSET, vol)
         if commit:
-            s.db.commit(root, "initial import")
+            s.commit(root, "initial import")
         return root.uuid
 
 

@@ -12,7 +12,7 @@ import pytest
 import tifffile
 from PIL import Image
 
-from dvidfs.api import DvidStore
+from dvidfs.core import Dvid
 from dvidfs.formats.images import label_colors
 from mounting import mounted
 
@@ -51,8 +51,8 @@ def ref_rles(mask: np.ndarray, offset) -> bytes:
 @pytest.fixture
 def lab_mount(tmp_path):
     lab = _labels()
-    with DvidStore.init(tmp_path / "store") as s:
-        root = s.node(s.db.new_repo("seg").root)
+    with Dvid.init(tmp_path / "store") as s:
+        root = s.node(s.new_repo("seg").root)
         s.new_instance(root, "bodies", "labels", block_size=16).write(root, OFFSET, lab)
     with mounted(tmp_path / "store", tmp_path / "mnt"):
         yield tmp_path / "mnt" / "seg" / "master" / "bodies", lab

@@ -17,7 +17,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dvidfs.api import DvidStore
+from dvidfs.core import Dvid
 from dvidfs.errors import InvalidInputError, NotFoundError, StoreBusyError
 from dvidfs.store import keys
 from dvidfs.store.values import GZIP, LZ4, NONE, decode_value, encode_value
@@ -141,36 +141,36 @@ def test_unknown_compression_refused():
 # ---------------------------------------------------------------- engine locking
 def test_open_missing_store_is_not_found(tmp_path):
     with pytest.raises(NotFoundError) as ei:
-        DvidStore(tmp_path / "nope")
+        Dvid(tmp_path / "nope")
     assert ei.value.errno == errno.ENOENT
     assert not (tmp_path / "nope" / "leveldb").exists()
 
 
 def test_second_open_in_same_process_is_busy(store, store_path, repo):
     with pytest.raises(StoreBusyError) as ei:
-        DvidStore(store_path)
+        Dvid(store_path)
     assert ei.value.errno == errno.EBUSY
     # the first handle still works
     assert store.db.node(repo.root).uuid == repo.root
 
 
 def test_busy_message_names_mountpoint(store, store_path):
-    store.engine.mark_mounted("/mnt/somewhere")
+    store.mark_mounted("/mnt/somewhere")
     try:
         with pytest.raises(StoreBusyError) as ei:
-            DvidStore(store_path)
+            Dvid(store_path)
         assert "/mnt/somewhere" in str(ei.value)
     finally:
-        store.engine.clear_mounted()
+        store.clear_mounted()
     assert not os.path.exists(os.path.join(store_path, "mounted-at.json"))
 
 
 _CHILD = textwrap.dedent("""
     import sys
-    from dvidfs.api import DvidStore
+    from dvidfs.core import Dvid
     from dvidfs.errors import StoreBusyError
     try:
-        s = DvidStore(sys.argv[1])
+        s = Dvid(sys.argv[1])
     except StoreBusyError as e:
         print("BUSY", e.errno)
         sys.exit(3)
@@ -185,8 +185,8 @@ def _open_in_child(path):
 
 
 def test_second_open_in_other_process_is_busy_then_free(store_path):
-    s = DvidStore.init(store_path)
-    s.db.new_repo("held")
+    s = Dvid.init(store_path)
+    s.new_repo("held")
     try:
         r = _open_in_child(store_path)
         assert r.returncode == 3, r.stderr
@@ -199,17 +199,17 @@ def test_second_open_in_other_process_is_busy_then_free(store_path):
 
 
 def test_close_then_reopen_in_same_process(store_path):
-    s = DvidStore.init(store_path)
+    s = Dvid.init(store_path)
     s.close()
     s.close()  # idempotent
-    s2 = DvidStore(store_path)
+    s2 = Dvid(store_path)
     s2.close()
 
 
 # ---------------------------------------------------------------- persistence
 def test_reopen_keeps_repos_nodes_branches_logs_instances_voxels(store_path):
     rng = np.random.default_rng(7)
-    s = DvidStore.init(store_path)
+    s = Dvid.init(store_path)
     db = s.db
     repo = db.new_repo("alpha", description="first repo")
     other = db.new_repo("beta")
@@ -233,7 +233,7 @@ def test_reopen_keeps_repos_nodes_branches_logs_instances_voxels(store_path):
     max_version = max(n.version_id for n in db.nodes.values())
     s.close()
 
-    s = DvidStore(store_path)
+    s = Dvid(store_path)
     try:
         db = s.db
         assert {u: n.to_json() for u, n in db.nodes.items()} == snapshot_nodes

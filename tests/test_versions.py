@@ -245,7 +245,7 @@ def test_merge_without_conflict_joins_both_sides(store, repo, root, gray):
     mput(mb, (25, 26, 17), xb)
     db.commit(a)
     db.commit(b)
-    merged = db.merge([a, b], note="join")
+    merged = store.merge([a, b], note="join")
     assert merged.parents == [a.uuid, b.uuid] and not merged.locked
     assert merged.uuid in a.children and merged.uuid in b.children
     assert merged.branch == a.branch
@@ -275,7 +275,7 @@ def test_merge_where_only_one_side_grows_extents(store, root, gray):
     gray.write(b, (20, 0, 0), xb)           # new block, extents grow on b only
     db.commit(a)
     db.commit(b)
-    merged = db.merge([b, a])
+    merged = store.merge([b, a])
     mput(m, (1, 1, 1), xa)
     mput(m, (20, 0, 0), xb)
     assert np.array_equal(read_all(gray, db.view(merged)), m)
@@ -296,16 +296,16 @@ def test_merge_conflict_refused_names_block_and_changes_nothing(store, repo, roo
     before = scan_all(store.engine)
     nodes_before = {u: n.to_json() for u, n in db.nodes.items()}
     with pytest.raises(ConflictError) as ei:
-        db.merge([a, b])
+        store.merge([a, b])
     assert ei.value.errno == errno.EBUSY
     msg = str(ei.value)
     assert "block (-1,-2,-3)" in msg
     assert "(2,2,2)" not in msg
     assert scan_all(store.engine) == before
     assert {u: n.to_json() for u, n in db.nodes.items()} == nodes_before
-    # with instance names the message names the instance
+    # the message names the instance
     with pytest.raises(ConflictError) as ei:
-        db.merge([a, b], instance_names={gray.inst.id: "gray"})
+        store.merge([a, b])
     assert "gray" in str(ei.value) and "block (-1,-2,-3)" in str(ei.value)
     assert scan_all(store.engine) == before
 
@@ -319,7 +319,7 @@ def test_merge_delete_vs_write_is_a_conflict(store, root, gray, scan_all):
     db.commit(b)
     before = scan_all(store.engine)
     with pytest.raises(ConflictError) as ei:
-        db.merge([a, b])
+        store.merge([a, b])
     assert "block (0,0,0)" in str(ei.value)
     assert scan_all(store.engine) == before
 
@@ -336,7 +336,7 @@ def test_same_value_changes_on_both_sides_are_not_a_conflict(store, root, gray):
     gray.write(b, (8, 8, 8), np.zeros((1, 1, 1), np.uint8))
     db.commit(a)
     db.commit(b)
-    merged = db.merge([a, b])
+    merged = store.merge([a, b])
     mput(m, (2, 2, 2), x)
     assert np.array_equal(read_all(gray, db.view(merged)), m)
     assert ext(gray, db.view(merged)) == ((0, 0, 0), (9, 11, 9))
@@ -349,7 +349,7 @@ def test_both_sides_delete_same_block_not_a_conflict(store, root, gray):
     gray.delete(b, (0, 0, 0), (8, 8, 8))
     db.commit(a)
     db.commit(b)
-    merged = db.merge([a, b])
+    merged = store.merge([a, b])
     assert not read_all(gray, db.view(merged)).any()
     assert read_all(gray, db.view(root)).any()
 
@@ -360,11 +360,11 @@ def test_merge_of_open_node_refused(store, root, gray, scan_all):
     db.commit(a)
     before = scan_all(store.engine)
     with pytest.raises(InvalidInputError):
-        db.merge([a, b])
+        store.merge([a, b])
     with pytest.raises(InvalidInputError):
-        db.merge([a, a])
+        store.merge([a, a])
     with pytest.raises(InvalidInputError):
-        db.merge([a])
+        store.merge([a])
     assert scan_all(store.engine) == before
     assert a.children == [] and b.children == []
 
@@ -375,7 +375,7 @@ def test_merge_refuses_parents_from_two_repos(store, root):
     db.commit(root)
     db.commit(other)
     with pytest.raises(InvalidInputError):
-        db.merge([root, other])
+        store.merge([root, other])
 
 
 def test_three_way_merge_change_inherited_by_two_parents_is_not_a_conflict(store, root, gray):
@@ -396,7 +396,7 @@ def test_three_way_merge_change_inherited_by_two_parents_is_not_a_conflict(store
     r = db.branch(root, "r")
     for n in (p, q, r):
         db.commit(n)
-    merged = db.merge([p, q, r])
+    merged = store.merge([p, q, r])
     expect = model_zeros()
     mput(expect, (0, 0, 0), newer)
     assert np.array_equal(read_all(gray, db.view(merged)), expect)
@@ -678,12 +678,12 @@ def test_random_dag_matches_model(store, scan_all, data):
         if conflict:
             before = scan_all(store.engine)
             with pytest.raises(ConflictError) as ei:
-                db.merge(ps)
+                store.merge(ps)
             for bx in conflict:
                 assert f"block ({bx},0,0)" in str(ei.value)
             assert scan_all(store.engine) == before
             return
-        c = db.merge(ps)
+        c = store.merge(ps)
         ext_u = None
         for p in ps:
             ext_u = _union(ext_u, m.ext[p.uuid])

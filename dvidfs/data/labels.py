@@ -25,13 +25,12 @@ from __future__ import annotations
 import json
 import struct
 import threading
-import time
 
 import numpy as np
 
-from dvidfs.data.geometry import XYZ, Box
+from dvidfs.geometry import PLANE_OF_AXIS, XYZ, Box
 from dvidfs.data.labelindex import LabelIndex, pack_block, unpack_block
-from dvidfs.data.volume import BlockVolume
+from dvidfs.data.volume import BlockVolume, _describe_block
 from dvidfs.errors import ConflictError, InvalidInputError, NotFoundError
 from dvidfs.formats.labelblock import decode_label_block, decode_label_plane_fast, encode_label_block
 from dvidfs.formats import sparsevol as sv
@@ -39,7 +38,7 @@ from dvidfs.store import keys, versioned
 from dvidfs.store.engine import Batch, Reader
 from dvidfs.store.values import LZ4, decode_value, encode_value
 from dvidfs.store.versioned import VersionView
-from dvidfs.versions.dag import MERGEABLE
+from dvidfs.timestamps import iso, now
 from dvidfs.versions.model import Node
 
 _U64 = struct.Struct(">Q")
@@ -78,10 +77,6 @@ def _merge_index(ctx) -> bytes | None:
     return merged.encode() if len(merged) else None
 
 
-MERGEABLE[keys.CLASS_MAX_LABEL] = _merge_max
-MERGEABLE[keys.CLASS_LABEL_INDEX] = _merge_index
-
-
 class Mapping:
     """Supervoxel -> body for one version, as sorted arrays for vectorised lookups."""
 
@@ -113,9 +108,14 @@ class Labels(BlockVolume):
     block_class = keys.CLASS_LABEL_BLOCK
     default_block = 64
     needs_old_blocks = True
+    offers = BlockVolume.offers | {"bodies"}
+    merge_rules = {**BlockVolume.merge_rules, keys.CLASS_MAX_LABEL: _merge_max,
+                   keys.CLASS_LABEL_INDEX: _merge_index}
+    key_descriptions = {keys.CLASS_LABEL_BLOCK: _describe_block}
 
-    def __init__(self, db, inst, cache=None):
-        super().__init__(db, inst, cache)
+    def __init__(self, ctx, inst):
+        super().__init__(ctx, inst)
+        self._mapping_changed = False  # set by merge's staging, acted on after its batch
         self._maps: dict[int, Mapping] = {}
         self._map_gen: dict[int, int] = {}
         self._map_lock = threading.Lock()
@@ -132,8 +132,8 @@ class Labels(BlockVolume):
     def decode_plane(self, tk, version, value, view, gen, axis, k) -> np.ndarray:
         """Only the plane a slice needs (not cached; read-ahead decodes whole
         blocks for scrolling): the C fast path, else the numpy decoder."""
-        sz, sy, sx = self.grid.shape_zyx
-        want = {2: (sy, sx), 1: (sz, sx), 0: (sz, sy)}[axis]
+        p, size = PLANE_OF_AXIS[axis], self.grid.size
+        want = (size[p.height], size[p.width])
         plane = decode_label_plane_fast(decode_value(value), axis, k, want)
         if plane.shape != want:
             raise InvalidInputError(f"stored label block has a {plane.shape} plane, expected {want}")
@@ -304,6 +304,13 @@ class Labels(BlockVolume):
             batch.put(self._repo_max_key(), struct.pack("<Q", self._max_written))
         self._deltas = []
 
+    def after_apply(self, node: Node) -> None:
+        """The mapping cache of `node` is dropped before any subscriber hears of a merge."""
+        if self._mapping_changed:
+            self._mapping_changed = False
+            self._forget_mapping(node.version_id)
+        super().after_apply(node)
+
     def _put_index(self, batch: Batch, node: Node, body: int, idx: LabelIndex) -> None:
         tk = _u64_tkey(keys.CLASS_LABEL_INDEX, body)
         if len(idx):
@@ -315,7 +322,7 @@ class Labels(BlockVolume):
     def _log(self, batch: Batch, node: Node, record: dict) -> dict:
         mid = self.db._next_id(batch, "mutation")
         record = {"MutationID": mid, **record, "UUID": node.uuid,
-                  "Timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+                  "Timestamp": iso(now())}
         versioned.put(batch, self.inst.id, _u64_tkey(keys.CLASS_MUTATION_LOG, mid), node.version_id,
                       json.dumps(record).encode())
         return record
@@ -353,7 +360,7 @@ class Labels(BlockVolume):
                               node.version_id, struct.pack("<Q", target))
             self._put_index(batch, node, target, tidx)
             rec = self._log(batch, node, {"Action": "merge", "Target": target, "Labels": others})
-        self._forget_mapping(node.version_id)
+            self._mapping_changed = True
         return rec
 
     def split(self, node: Node, body: int, rles: bytes) -> dict:

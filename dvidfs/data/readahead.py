@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from dvidfs.data.geometry import PLANE_AXES, plane_box, volume_to_image
+from dvidfs.geometry import PLANE
 from dvidfs.data.volume import BlockVolume
 from dvidfs.store.cache import LRUCache
 from dvidfs.store.versioned import VersionView
@@ -35,7 +35,7 @@ class ReadAhead:
 
     def read_slice(self, vol: BlockVolume, view: VersionView, plane: str, coord: int) -> np.ndarray:
         track = (vol.inst.id, view.version, plane)
-        fixed = PLANE_AXES[plane][0]
+        fixed = PLANE[plane].fixed
         b = vol.grid.size[fixed]
         last = self._last.get(track)
         # scrolling (the neighbour of the last slice) or browsing inside one
@@ -56,7 +56,7 @@ class ReadAhead:
         if layer is None:
             return vol.read_slice(view, plane, coord)
         start, arr = layer
-        return np.ascontiguousarray(volume_to_image(_take(arr, fixed, coord - start), plane))
+        return np.ascontiguousarray(PLANE[plane].take(arr, coord - start))
 
     def _geometry(self, vol: BlockVolume, view: VersionView, plane: str, gen: int):
         """(extents, planes per layer) of the instance at `view`: remembered per
@@ -72,9 +72,10 @@ class ReadAhead:
             return known[1], known[2]
         ext, t = vol.extents(view), 0
         if ext is not None:
-            fixed, w, h = PLANE_AXES[plane]
-            plane_bytes = ext.size[w] * ext.size[h] * vol.dtype.itemsize
-            t = vol.grid.size[fixed]
+            p = PLANE[plane]
+            w, h = p.dims(ext)
+            plane_bytes = w * h * vol.dtype.itemsize
+            t = vol.grid.size[p.fixed]
             while t >= 2 and t * plane_bytes > self.layers.budget // 4:
                 t //= 2
             t = t if t >= 2 else 0
@@ -85,11 +86,11 @@ class ReadAhead:
               thickness: int):
         """The layer [layer_lo, layer_lo + thickness) clipped to the extents `ext`,
         or None if it is empty."""
-        fixed = PLANE_AXES[plane][0]
+        fixed = PLANE[plane].fixed
         lo, hi = max(layer_lo, ext.lo[fixed]), min(layer_lo + thickness, ext.hi[fixed])
         if hi <= lo:
             return None
-        box = plane_box(ext, plane, lo)
+        box = PLANE[plane].box(ext, lo)
         size = list(box.size)
         size[fixed] = hi - lo
         arr = vol.read(view, box.lo, tuple(size))
@@ -107,11 +108,3 @@ class _Layer(tuple):
     def nbytes(self) -> int:
         return self[1].nbytes
 
-
-def _take(arr: np.ndarray, fixed_axis: int, i: int) -> np.ndarray:
-    """One voxel thick slab along axis 0=x, 1=y, 2=z of a [z, y, x] array."""
-    if fixed_axis == 2:
-        return arr[i:i + 1]
-    if fixed_axis == 1:
-        return arr[:, i:i + 1, :]
-    return arr[:, :, i:i + 1]

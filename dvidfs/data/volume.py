@@ -24,13 +24,11 @@ import numpy as np
 from dvidfs.errors import InvalidInputError, NotFoundError, ReadOnlyError
 from dvidfs.formats.blockcopy import NATIVE_HEADERS, copy_blocks
 from dvidfs.store import keys, versioned
-from dvidfs.store.cache import LRUCache
 from dvidfs.store.engine import Batch, Reader
 from dvidfs.store.versioned import VersionView
-from dvidfs.versions.dag import DESCRIBE, MERGEABLE, VersionDB
+from dvidfs.data.types import DataType, TypeContext
 from dvidfs.versions.model import Instance, Node
-from dvidfs.data.geometry import (PLANE_AXES, PLANES, XYZ, BlockGrid, Box, image_to_volume, plane_box,
-                                  plane_dims)
+from dvidfs.geometry import PLANE, PLANE_OF_AXIS, XYZ, BlockGrid, Box, plane
 
 EXTENTS_TKEY = keys.tkey(keys.CLASS_EXTENTS)
 # Blocks per native call: large enough to amortise the GIL hand-over, small
@@ -57,13 +55,16 @@ def _box_to_json(b: Box) -> bytes:
     return json.dumps({"MinPoint": list(b.lo), "MaxPoint": [h - 1 for h in b.hi]}).encode()
 
 
-MERGEABLE[keys.CLASS_EXTENTS] = _merge_extents
+def _describe_block(tk: bytes) -> str:
+    x, y, z = keys.parse_izyx(tk[-12:])  # label blocks have a scale byte before IZYX
+    return f"block ({x},{y},{z})"
 
 
-class BlockVolume:
+class BlockVolume(DataType):
     """Versioned block volume; subclasses choose dtype, block class and codec."""
 
-    typename: ClassVar[str]
+    offers = frozenset({"volume"})
+    merge_rules = {keys.CLASS_EXTENTS: _merge_extents}
     dtype: ClassVar[np.dtype]
     block_class: ClassVar[int]
     default_block: ClassVar[int]
@@ -72,16 +73,13 @@ class BlockVolume:
     # so the native helper can decode and copy them (grayscale; not labels).
     native_values: ClassVar[bool] = False
 
-    def __init__(self, db: VersionDB, inst: Instance, cache: LRUCache | None = None):
-        self.db = db
-        self.engine = db.engine
-        self.inst = inst
+    def __init__(self, ctx: TypeContext, inst: Instance):
+        super().__init__(ctx, inst)
         # Decoded blocks, shared by the store's instances, keyed by (instance, TKey,
         # version that stored the block, write generation of that version).  Only an
         # open version can change, and every write to it bumps its generation, so a
         # key names one immutable block.
-        self.cache = cache
-        self._gen: dict[int, int] = {}
+        self.cache = ctx.block_cache
         self._tombstones = True  # set per staged write (under the lock)
         self._wrote: set[int] = set()  # versions known to have changed this instance
         bs = inst.config.get("BlockSize", [self.default_block] * 3)
@@ -126,10 +124,6 @@ class BlockVolume:
         return ext
 
     # ---------------------------------------------------------------- reading
-    def generation(self, view: VersionView) -> int:
-        """Capture this before taking the snapshot a read uses (see iter_blocks)."""
-        return self._gen.get(view.version, 0)
-
     def _cache_key(self, tk: bytes, version: int, view: VersionView, gen: int):
         # A block stored by the view's own (maybe open) version is keyed by that
         # version's write generation; one stored by an ancestor is final (ancestors
@@ -233,7 +227,7 @@ class BlockVolume:
         """Plane k along `axis` (0 = x, 1 = y, 2 = z) of a stored block that is not
         cached.  Default: decode the whole block (and cache it, for the next
         slices); labels override this with a decoder that reads only the plane."""
-        return _plane(self._decoded(tk, version, value, view, gen), axis, k)
+        return PLANE_OF_AXIS[axis].take(self._decoded(tk, version, value, view, gen), k)
 
     def block(self, reader: Reader, view: VersionView, bcoord: XYZ, gen: int | None = None) -> np.ndarray | None:
         """One decoded block (read-only), or None where nothing was written."""
@@ -292,31 +286,29 @@ class BlockVolume:
                 items.clear()
         copy_blocks(out, box.lo, shape, items, what)
 
-    def read_slice(self, view: VersionView, plane: str, coord: int) -> np.ndarray:
+    def read_slice(self, view: VersionView, name: str, coord: int) -> np.ndarray:
         """2-D image (height, width) of one slice across the extents."""
-        if plane not in PLANES:
-            raise InvalidInputError(f"unknown plane {plane!r} (xy, xz or yz)")
+        p = plane(name)
         gen = self.generation(view)
         with self.engine.snapshot() as snap:
             ext = self.extents(view, snap)
             if ext is None:
                 raise NotFoundError(f"data instance {self.inst.name!r} is empty at this node")
-            box = plane_box(ext, plane, coord)
+            box = p.box(ext, coord)
             if ext.intersect(box) is None:
-                raise NotFoundError(f"{plane} slice {coord} is outside the extents of {self.inst.name!r}")
+                raise NotFoundError(f"{name} slice {coord} is outside the extents of {self.inst.name!r}")
             if self.native_values:
                 out = np.zeros(box.shape_zyx, self.dtype)
                 self._paste_native(snap, view, box, out, gen)
-                w, h = plane_dims(box, plane)
-                return out.reshape(h, w)
-            return self._read_slice_planes(snap, view, box, plane, coord, gen)
+                return p.to_image(out)
+            return self._read_slice_planes(snap, view, box, p, coord, gen)
 
-    def _read_slice_planes(self, snap: Reader, view: VersionView, box: Box, plane: str, coord: int,
+    def _read_slice_planes(self, snap: Reader, view: VersionView, box: Box, p, coord: int,
                            gen: int) -> np.ndarray:
         """Slice assembly for codecs that can decode one plane of a block
         (labels): each block contributes one 2-D plane, copied into an image
         padded to whole blocks and cropped at the end."""
-        fixed, wa, ha = PLANE_AXES[plane]
+        fixed, wa, ha = p.fixed, p.width, p.height
         size = self.grid.size
         lo_b, hi_b = self.grid.block_range(box)
         k = coord - lo_b[fixed] * size[fixed]            # plane index inside each block
@@ -326,7 +318,7 @@ class BlockVolume:
             bcoord = self.block_coord(tk)
             r = (bcoord[ha] - lo_b[ha]) * bh
             c = (bcoord[wa] - lo_b[wa]) * bw
-            pad[r:r + bh, c:c + bw] = (_plane(block, fixed, k) if block is not None else
+            pad[r:r + bh, c:c + bw] = (p.take(block, k) if block is not None else
                                        self.decode_plane(tk, version, value, view, gen, fixed, k))
         r0 = box.lo[ha] - lo_b[ha] * bh
         c0 = box.lo[wa] - lo_b[wa] * bw
@@ -377,6 +369,7 @@ class BlockVolume:
                 self.end_stage(batch, snap, node, view)
             self.engine.apply(batch)
             self.after_apply(node)
+        self.ctx.changed(node, self.inst.name)  # outside the lock: subscribers may read
 
     def write(self, node: Node, offset: XYZ, arr: np.ndarray) -> None:
         """Store a [z, y, x] array at `offset` (x, y, z) in open node `node`, atomically."""
@@ -415,7 +408,7 @@ class BlockVolume:
 
     def after_apply(self, node: Node) -> None:
         """Called (under the lock) after a batch changed blocks of `node`."""
-        self._gen[node.version_id] = self._gen.get(node.version_id, 0) + 1
+        self._applied(node)
 
     def stage_block(self, batch: Batch, node: Node, bcoord: XYZ, old: np.ndarray | None,
                     new: np.ndarray) -> None:
@@ -430,26 +423,26 @@ class BlockVolume:
         if grown != ext:
             versioned.put(batch, self.inst.id, EXTENTS_TKEY, node.version_id, _box_to_json(grown))
 
-    def write_slice(self, node: Node, plane: str, coord: int, img: np.ndarray) -> None:
+    def write_slice(self, node: Node, name: str, coord: int, img: np.ndarray) -> None:
         """Store a 2-D image as slice `coord` of `plane`.  The image must cover the
         plane across the current extents (it is placed at their min corner); in an
         empty volume it starts at the origin and sets the extents."""
-        if plane not in PLANES:
-            raise InvalidInputError(f"unknown plane {plane!r} (xy, xz or yz)")
+        p = plane(name)
         img = np.asarray(img)
         if img.ndim != 2:
             raise InvalidInputError(f"a slice must be a 2-D image, got shape {img.shape}")
         ext = self.extents(self.db.view(node))
         if ext is None:
             h, w = img.shape
-            ext = Box((0, 0, 0), {"xy": (w, h, 1), "xz": (w, 1, h), "yz": (1, w, h)}[plane])
-        want_w, want_h = plane_dims(ext, plane)
+            sz, sy, sx = p.volume_shape(w, h)
+            ext = Box((0, 0, 0), (sx, sy, sz))
+        want_w, want_h = p.dims(ext)
         if img.shape != (want_h, want_w):
             raise InvalidInputError(
-                f"slice is {img.shape[1]}x{img.shape[0]} but the {plane} plane of {self.inst.name!r} is "
+                f"slice is {img.shape[1]}x{img.shape[0]} but the {name} plane of {self.inst.name!r} is "
                 f"{want_w}x{want_h} (extents {list(ext.lo)}..{[h - 1 for h in ext.hi]})")
-        box = plane_box(ext, plane, coord)
-        self.write(node, box.lo, image_to_volume(img, plane))
+        box = p.box(ext, coord)
+        self.write(node, box.lo, p.to_volume(img))
 
     def delete(self, node: Node, offset: XYZ, size: XYZ) -> None:
         """Delete a box: whole blocks inside it get tombstones (ancestors keep
@@ -473,10 +466,10 @@ class BlockVolume:
     def info(self, view: VersionView) -> dict:
         ext = self.extents(view)
         cfg = self.inst.config
+        base = super().info(view)["Base"]
+        base["Compression"] = "lz4"
         return {
-            "Base": {"TypeName": self.typename, "Name": self.inst.name,
-                     "RepoUUID": self.db.by_version[view.version].repo,
-                     "Compression": "lz4", "Versioned": True},
+            "Base": base,
             "Extended": {"BlockSize": cfg.get("BlockSize"), "VoxelSize": cfg.get("VoxelSize"),
                          "VoxelUnits": cfg.get("VoxelUnits"), "Values": [{"DataType": str(self.dtype)}],
                          "MinPoint": list(ext.lo) if ext else None,
@@ -485,20 +478,3 @@ class BlockVolume:
                         "MaxPoint": [h - 1 for h in ext.hi] if ext else None},
         }
 
-
-def _plane(block: np.ndarray, axis: int, k: int) -> np.ndarray:
-    """Plane k along axis 0 = x, 1 = y, 2 = z of a [z, y, x] block, as 2-D."""
-    if axis == 2:
-        return block[k]
-    if axis == 1:
-        return block[:, k, :]
-    return block[:, :, k]
-
-
-def _describe_block(tk: bytes) -> str:
-    x, y, z = keys.parse_izyx(tk[-12:])  # label blocks have a scale byte before IZYX
-    return f"block ({x},{y},{z})"
-
-
-DESCRIBE[keys.CLASS_GRAY_BLOCK] = _describe_block
-DESCRIBE[keys.CLASS_LABEL_BLOCK] = _describe_block

@@ -46,6 +46,8 @@ from functools import lru_cache
 
 import numpy as np
 
+from dvidfs.geometry import PLANE_OF_AXIS
+
 from dvidfs.errors import InvalidInputError
 from dvidfs.formats.buffers import byte_view
 
@@ -330,9 +332,8 @@ def decode_label_block(data) -> np.ndarray:
 
 # ----------------------------------------------------------------------------- single plane
 
-# Output (row, col) axes for each plane axis, in xyz numbering (0 = x, 1 = y, 2 = z):
-# an xy plane (axis 2) is (y, x), xz (axis 1) is (z, x), yz (axis 0) is (z, y).
-_PLANE_AXES = {2: (1, 0), 1: (2, 0), 0: (2, 1)}
+# Output (row, col) axes of the plane along each axis (0 = x, 1 = y, 2 = z) come from
+# the geometry table: an xy plane (axis 2) is (y, x), xz (axis 1) is (z, x), yz (axis 0) is (z, y).
 _VOXEL_STRIDE = (1, SUB, SUB * SUB)            # x, y, z step of a voxel index within a sub-block
 
 
@@ -348,7 +349,8 @@ def _plane_geometry(axis: int, gx: int, gy: int, gz: int):
     """
     g = (gx, gy, gz)
     sb_stride = (1, gx, gx * gy)
-    row, col = _PLANE_AXES[axis]
+    plane = PLANE_OF_AXIS[axis]
+    row, col = plane.height, plane.width
     gr, gc = g[row], g[col]
     sb_rel = (np.arange(gr, dtype=np.int64)[:, None] * sb_stride[row]
               + np.arange(gc, dtype=np.int64)[None, :] * sb_stride[col]).ravel()
@@ -385,7 +387,7 @@ def decode_label_plane(data, axis: int, k: int) -> np.ndarray:
     """
     axis = _plane_index(axis, "axis")
     k = _plane_index(k, "k")
-    if axis not in _PLANE_AXES:
+    if axis not in PLANE_OF_AXIS:
         raise InvalidInputError(f"label plane axis must be 0 (x), 1 (y) or 2 (z), got {axis}")
     mv = _as_buffer(data)
     gx, gy, gz, n = _parse_header(mv)

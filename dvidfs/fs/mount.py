@@ -22,12 +22,12 @@ import time
 import pyfuse3
 import trio
 
-from dvidfs.api import DvidStore
+from dvidfs.config import Config
+from dvidfs.core import Dvid
 from dvidfs.errors import DvidfsError, InvalidInputError, StoreBusyError
 from dvidfs.fs.operations import DvidOperations
 from dvidfs.fs.tree import Tree
-
-LOG_NAME = "mount.log"
+from dvidfs.storedir import MOUNT_LOG
 
 
 def is_mounted(path: str) -> bool:
@@ -46,16 +46,18 @@ def _check_mountpoint(mountpoint: str) -> None:
         raise StoreBusyError(f"{mountpoint} is already a mount point")
 
 
-def mount(store_path: str, mountpoint: str, foreground: bool = False, debug: bool = False) -> None:
+def mount(store_path: str, mountpoint: str, foreground: bool = False, debug: bool = False,
+          config: Config | None = None) -> None:
+    config = config or Config.load()
     _check_mountpoint(mountpoint)
     if foreground or debug:
-        run_foreground(store_path, mountpoint, debug)
+        run_foreground(store_path, mountpoint, debug, config)
         return
-    DvidStore(store_path).close()  # fail fast, in this process, on a missing or busy store
-    log_path = os.path.join(store_path, LOG_NAME)
+    Dvid(store_path, config=config).close()  # fail fast, in this process, on a missing or busy store
+    log_path = os.path.join(store_path, MOUNT_LOG)
     with open(log_path, "ab") as logf:
         child = subprocess.Popen(
-            [sys.executable, "-m", "dvidfs.cli", "mount", "-f", store_path, mountpoint],
+            [sys.executable, "-m", "dvidfs.cli", "mount", "-f", *config.to_args(), store_path, mountpoint],
             stdin=subprocess.DEVNULL, stdout=logf, stderr=logf, start_new_session=True)
     deadline = time.time() + 30
     while time.time() < deadline:
@@ -77,14 +79,16 @@ def _last_line(path: str) -> str:
         return "no output"
 
 
-def run_foreground(store_path: str, mountpoint: str, debug: bool = False) -> None:
+def run_foreground(store_path: str, mountpoint: str, debug: bool = False,
+                   config: Config | None = None) -> None:
+    config = config or Config.load()
     logging.basicConfig(level=logging.DEBUG if debug else logging.INFO,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     # The trio thread answers every FUSE request; with the default 5 ms GIL
     # switch interval it can wait that long behind a worker thread that is
     # assembling a slice, which serialises readers.  A shorter interval lets it in.
-    sys.setswitchinterval(float(os.environ.get("DVIDFS_SWITCH_INTERVAL", "0.0005")))
-    store = DvidStore(store_path)
+    sys.setswitchinterval(config.switch_interval)
+    store = Dvid(store_path, config=config)
     ops = DvidOperations(Tree(store))
     options = set(pyfuse3.default_options)
     options |= {"fsname=dvidfs", "subtype=dvidfs"}
@@ -95,19 +99,22 @@ def run_foreground(store_path: str, mountpoint: str, debug: bool = False) -> Non
     except RuntimeError as exc:
         store.close()
         raise DvidfsError(f"cannot mount {mountpoint}: {exc}") from None
-    store.engine.mark_mounted(mountpoint)
+    store.mark_mounted(mountpoint)
     try:
         trio.run(_serve, ops)
     finally:
         pyfuse3.close(unmount=True)
-        store.engine.clear_mounted()
+        ops.close()
+        store.clear_mounted()
         store.close()
         logging.getLogger("dvidfs.fs").info("unmounted %s", mountpoint)
 
 
-async def _serve(ops: DvidOperations) -> None:
+async def _serve(ops: DvidOperations, signals: bool = True) -> None:
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(_stop_on_signal, nursery)
+        if signals:
+            nursery.start_soon(_stop_on_signal, nursery)
+        nursery.start_soon(ops.invalidator)
         await pyfuse3.main()
         nursery.cancel_scope.cancel()
 

@@ -6,15 +6,20 @@ scratch files and last-error messages are only touched on the trio thread, so
 they need no locks.  Everything that touches the store (LevelDB reads, block
 decoding, PNG encoding, writes) runs in worker threads via `self._run`, so two
 readers proceed in parallel and `ls` stays responsive while a slice renders.
-Kernel-cache invalidations are sent by a separate task (`invalidator`), never
+Dentry invalidations go through pyfuse3's own asynchronous queue, never
 from inside a handler (pyfuse3#2: that deadlocks).
 
 Cache policy: the mount process is the store's only writer (LevelDB admits
 one process), so, like S3QL, every entry and attribute gets a long timeout and
-every change made through the mount queues invalidations of exactly what it
-can affect (`_invalidate`): a write to an instance in a node drops every inode
-under that (node, instance); a control command drops the node's inodes and the
-repo's branch links and control files.  Data of committed nodes is immutable
+every change queues invalidations of exactly what it can affect.  Changes come
+from the core's publisher (`Dvid.subscribe`), whichever front end made them
+(the mount, or the HTTP server or a script in the same process): a write to an
+instance in a node drops every inode under that (node, instance); a node-level
+change drops the node's inodes and the repo's branch links and control files.
+The subscriber only queues (`_on_change`, any thread -> the trio thread);
+the handler that made a change drains the queue before it replies, so the
+writer's next `stat` sees the change, and the `invalidator` task drains what
+other front ends changed.  Data of committed nodes is immutable
 (`keep_cache`); data of open nodes is read with `direct_io`, so a reader always
 gets the bytes rendered at its open.  Only rsync/editor temp files and
 `last-error` use zero timeouts.
@@ -32,9 +37,13 @@ from functools import partial
 import pyfuse3
 import trio
 
+from dvidfs.core import Change
 from dvidfs.errors import DvidfsError, InvalidInputError, ReadOnlyError
-from dvidfs.fs.tree import (CTRL_DIR, ROOT, WRITE_NOW, WRITE_ON_CLOSE_KINDS, Attr, Entry, Tree,
-                            parse_slice_name)
+from dvidfs.fs.entry import NOW, ON_CLOSE, Attr, Entry
+from dvidfs.fs.nodes import CTRL_DIR, ROOT, ControlDir
+from dvidfs.fs.tree import Tree
+from dvidfs.fs.volumes import parse_slice_name
+from dvidfs.timestamps import iso
 
 log = logging.getLogger("dvidfs.fs")
 
@@ -52,8 +61,11 @@ class Scratch:
     mode: int = 0o644
 
 
-# Files of committed nodes rendered at their first read, not at open.
-LAZY_KINDS = frozenset(("slice", "bodyfile"))
+class ScratchEntry(Entry):
+    """Names the inode of a temporary file (Scratch) in a slice directory."""
+
+
+SCRATCH = ScratchEntry()
 
 
 @dataclass
@@ -88,12 +100,21 @@ class DvidOperations(pyfuse3.Operations):
         self._by_uuid: dict[str, list[int]] = {"": [pyfuse3.ROOT_INODE]}  # node uuid ("" above nodes) -> inos
         self._node_level: list[int] = []
         self.uid, self.gid = os.getuid(), os.getgid()
+        # changes published by the core (any thread), queued for the trio thread
+        self._token: trio.lowlevel.TrioToken | None = None
+        self._changes: list[Change] = []
+        self._wake = trio.Event()
+        self._drain_lock = trio.Lock()
+        self._unsubscribe = tree.core.subscribe(self._on_change)
         # Renders take turns in one worker thread.  A grayscale slice still holds
         # the GIL for most of its time (the LevelDB cursor calls and value copies,
         # 1,024 per 1024² slice; only the decode + copy runs without it), so two
         # render threads only add GIL hand-offs: 0.86x the throughput of one
         # (docs/performance.md).  Metadata requests never wait for renders.
-        self.render_limiter = trio.CapacityLimiter(int(os.environ.get("DVIDFS_RENDER_THREADS", "1")))
+        self.render_limiter = trio.CapacityLimiter(tree.core.config.render_threads)
+
+    def close(self) -> None:
+        self._unsubscribe()
 
     # ------------------------------------------------------------ plumbing
     async def _run(self, fn, *args, limiter=None):
@@ -120,7 +141,7 @@ class DvidOperations(pyfuse3.Operations):
             self.ino_of[e] = ino
             self.entry_of[ino] = e
             self._by_uuid.setdefault(e.uuid, []).append(ino)
-            if e.kind in ("ctrlfile", "node"):   # change with other nodes' commands
+            if e.node_level:   # changes with other nodes' commands
                 self._node_level.append(ino)
         return ino
 
@@ -138,7 +159,7 @@ class DvidOperations(pyfuse3.Operations):
     def _fail(self, uuid: str, what: str, exc: BaseException) -> pyfuse3.FUSEError:
         """Record a failed write as last-error of its node; return the errno to raise."""
         code = exc.errno if isinstance(exc, DvidfsError) else errno.EIO
-        msg = f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {what}: {exc} ({errno.errorcode.get(code, code)})"
+        msg = f"{iso()} {what}: {exc} ({errno.errorcode.get(code, code)})"
         if uuid:
             self.last_error[uuid] = msg
         log.warning(msg)
@@ -173,8 +194,8 @@ class DvidOperations(pyfuse3.Operations):
         if e in self.pending_slices:
             return self._attrs(ino, Attr("file", 0, True, time.time(), False))
         # body files' sizes need a sparsevol computed (then cached): worker thread
-        a = await self._run(self.tree.attr, e) if e.kind == "bodyfile" else self._inline(self.tree.attr, e)
-        if e.kind == "ctrlfile" and e.name == "last-error":
+        a = await self._run(self.tree.attr, e) if e.slow_attr else self._inline(self.tree.attr, e)
+        if getattr(e, "is_last_error", False):
             a.size = len(self._last_error_bytes(e.uuid))
             return self._attrs(ino, a, volatile=True)
         return self._attrs(ino, a)
@@ -197,26 +218,66 @@ class DvidOperations(pyfuse3.Operations):
             entry = self.entry_of[ino]
             if pred(entry):
                 inos.append(ino)
-                if entry.kind in ("body", "bodyfile") and ino in self.parent_of:
+                if entry.can_vanish and ino in self.parent_of:
                     names.append(self.parent_of[ino])
         if inos:
             await trio.to_thread.run_sync(_invalidate_inodes, inos)
         for parent, name in names:
             pyfuse3.invalidate_entry_async(parent, name, ignore_enoent=True)
 
-    async def _after_write(self, e: Entry) -> None:
-        """A write to instance e.data of node e.uuid: bump its generation (so
-        cached renderings are not reused) and drop what the kernel holds of it."""
-        key = (e.uuid, e.data)
-        gen = self.tree.generation
-        gen[key] = gen.get(key, 0) + 1
-        await self._invalidate(self._by_uuid.get(e.uuid, ()), lambda x: x.data == e.data)
+    def _on_change(self, change: Change) -> None:
+        """Core subscriber, called in the thread that made the change: queue it
+        for the trio thread (FIFO: a worker's change is queued before its
+        handler resumes, so that handler's drain sees it)."""
+        token = self._token
+        if token is None:
+            return  # not serving yet: the kernel holds nothing
+        try:
+            if trio.lowlevel.current_trio_token() is token:
+                self._queue(change)
+                return
+        except RuntimeError:
+            pass  # not on the trio thread
+        try:
+            token.run_sync_soon(self._queue, change)
+        except trio.RunFinishedError:
+            pass  # unmounting
 
-    async def _after_control(self, e: Entry) -> None:
-        """A node-level change (commit, branch, merge, note, log, new instance):
-        the node's own entries, and the repo's links, node dirs and control files."""
-        candidates = [*self._by_uuid.get(e.uuid, ()), *self._by_uuid[""], *self._node_level]
-        await self._invalidate(candidates, lambda x: x.repo == e.repo)
+    def _queue(self, change: Change) -> None:
+        self._changes.append(change)
+        self._wake.set()
+
+    async def invalidator(self) -> None:
+        """Drains changes made by other front ends (runs for the life of the mount)."""
+        self._token = trio.lowlevel.current_trio_token()
+        while True:
+            await self._wake.wait()
+            self._wake = trio.Event()
+            await self._drain()
+
+    async def _drain(self) -> None:
+        """Invalidate what every queued change can affect.  A handler calls this
+        after its own change and before replying; the lock makes it also wait for
+        a drain the invalidator task already started (which may hold its change)."""
+        async with self._drain_lock:
+            changes, self._changes = self._changes, []
+            for c in dict.fromkeys(changes):
+                await self._invalidate_change(c)
+
+    async def _invalidate_change(self, c: Change) -> None:
+        if c.node is None:  # a new repo: the top directory
+            await self._invalidate(self._by_uuid[""], lambda x: x is ROOT)
+            return
+        if c.instance is not None:  # data of one instance in one node
+            await self._invalidate(self._by_uuid.get(c.node, ()), lambda x: x.data == c.instance)
+            return
+        # node-level: the node's own entries, and the repo's links, node dirs and control files
+        try:
+            alias = self.tree.core.repo(c.repo).alias
+        except DvidfsError:
+            return
+        candidates = [*self._by_uuid.get(c.node, ()), *self._by_uuid[""], *self._node_level]
+        await self._invalidate(candidates, lambda x: x.repo == alias)
 
     def _remember(self, parent_inode: int, name: bytes, e: Entry) -> int:
         ino = self._ino(e)
@@ -227,7 +288,7 @@ class DvidOperations(pyfuse3.Operations):
     async def lookup(self, parent_inode, name, ctx=None):
         parent = self._entry(parent_inode)
         sname = os.fsdecode(name)
-        if parent.kind == "plane":
+        if parent.accepts_temp_files:
             s = self.scratch.get((parent, sname))
             if s is not None:
                 return self._scratch_attrs(s)
@@ -249,7 +310,7 @@ class DvidOperations(pyfuse3.Operations):
         e = self._entry(inode)
         listing = await self._run(self.tree.list, e)
         items = [(n, self._remember(inode, os.fsencode(n), c), a) for n, c, a in listing]
-        if e.kind == "plane":  # temp files (rsync, editors) after the slices
+        if e.accepts_temp_files:  # temp files (rsync, editors) after the slices
             items += sorted((n, s.ino, None) for (p, n), s in self.scratch.items() if p == e)
         fh = self._fh()
         self.dir_handles[fh] = items
@@ -274,7 +335,7 @@ class DvidOperations(pyfuse3.Operations):
 
     async def statfs(self, ctx):
         s = pyfuse3.StatvfsData()
-        st = os.statvfs(self.tree.store.path)
+        st = os.statvfs(self.tree.core.path or "/")
         s.f_bsize, s.f_frsize = BLKSIZE, st.f_frsize
         s.f_blocks, s.f_bfree, s.f_bavail = st.f_blocks, st.f_bfree, st.f_bavail
         s.f_files, s.f_ffree, s.f_favail = len(self.entry_of) + 1000, 1 << 30, 1 << 30
@@ -288,30 +349,30 @@ class DvidOperations(pyfuse3.Operations):
             if flags & os.O_TRUNC:
                 s.data.clear()
             fh = self._fh()
-            self.handles[fh] = Handle(Entry("scratch"), inode, writing=True)
+            self.handles[fh] = Handle(SCRATCH, inode, writing=True)
             return pyfuse3.FileInfo(fh=fh, direct_io=True)
         e = self._entry(inode)
         want_write = (flags & os.O_ACCMODE) != os.O_RDONLY
         fh = self._fh()
-        locked = bool(e.uuid) and self.tree.db.nodes[e.uuid].locked
-        if (e.kind, e.name) in WRITE_NOW:
-            if want_write and e.name in ("info.json", "last-error"):
+        locked = e.locked
+        if e.write_mode == NOW:
+            if want_write and getattr(e, "read_only", False):
                 raise pyfuse3.FUSEError(errno.EACCES)
-            data = self._last_error_bytes(e.uuid) if e.name == "last-error" else \
+            data = self._last_error_bytes(e.uuid) if getattr(e, "is_last_error", False) else \
                 await self._run(self.tree.read, e)
             self.handles[fh] = Handle(e, inode, data, writing=want_write)
             # control files change under the reader: always come to us
             return pyfuse3.FileInfo(fh=fh, direct_io=True)
         if want_write:
-            if e.kind not in WRITE_ON_CLOSE_KINDS or (e.kind == "bodyfile" and e.name != "split"):
+            if e.write_mode != ON_CLOSE:
                 raise pyfuse3.FUSEError(errno.EROFS if locked else errno.EACCES)
             if locked:
                 raise self._fail(e.uuid, f"write {e.data}/{e.plane or e.coord}",
                                  ReadOnlyError(f"node {e.uuid} is committed (read-only)"))
-            initial = b"" if flags & os.O_TRUNC or e.kind == "bodyfile" else await self._content(e)
+            initial = b"" if flags & os.O_TRUNC or not e.starts_with_content else await self._content(e)
             self.handles[fh] = Handle(e, inode, bytearray(initial), writing=True)
             return pyfuse3.FileInfo(fh=fh, direct_io=True)
-        if locked and e.kind in LAZY_KINDS:
+        if locked and e.rendered:
             # A committed node never changes, so the kernel's page cache (keep_cache)
             # is the cache: a re-open whose pages are cached sends no read and costs
             # no render.  The first read renders; the bytes are not kept in the
@@ -334,7 +395,7 @@ class DvidOperations(pyfuse3.Operations):
 
     async def read(self, fh, off, size):
         h = self.handles[fh]
-        if h.entry.kind == "scratch":
+        if h.entry is SCRATCH:
             return bytes(self.scratch[self.scratch_ino[h.ino]].data[off:off + size])
         if h.data is None:
             async with h.loading:  # concurrent reads of one handle render once
@@ -344,12 +405,12 @@ class DvidOperations(pyfuse3.Operations):
 
     async def write(self, fh, off, buf):
         h = self.handles[fh]
-        if h.entry.kind == "scratch":
+        if h.entry is SCRATCH:
             s = self.scratch[self.scratch_ino[h.ino]]
             _put(s.data, off, buf)
             s.mtime = time.time()
             return len(buf)
-        if (h.entry.kind, h.entry.name) in WRITE_NOW:
+        if h.entry.write_mode == NOW:
             # Control commands act on each write(), so `echo x > commit` gets the errno itself.
             e = h.entry
             try:
@@ -362,10 +423,7 @@ class DvidOperations(pyfuse3.Operations):
             except DvidfsError as exc:
                 raise self._fail(e.uuid, f"{e.data or CTRL_DIR}/{e.name} {text.strip()!r}", exc) from exc
             log.info("%s/%s: %s", e.uuid, e.name, result)
-            if e.data:
-                await self._after_write(e)
-            else:
-                await self._after_control(e)
+            await self._drain()
             return len(buf)
         if not h.writing:
             raise pyfuse3.FUSEError(errno.EBADF)
@@ -376,23 +434,22 @@ class DvidOperations(pyfuse3.Operations):
     async def flush(self, fh):
         """Validate and store a written slice; errors reach the writer's close()."""
         h = self.handles.get(fh)
-        if h is None or h.entry.kind not in WRITE_ON_CLOSE_KINDS or not h.dirty:
+        if h is None or h.entry.write_mode != ON_CLOSE or not h.dirty:
             return
         e = h.entry
         h.dirty = False
         try:
             result = await trio.to_thread.run_sync(self.tree.upload, e, bytes(h.data))
         except DvidfsError as exc:
-            what = f"{e.plane}/{e.coord}" if e.kind == "slice" else f"labels/{e.coord}/{e.name}"
-            raise self._fail(e.uuid, f"write {e.data}/{what}", exc) from exc
+            raise self._fail(e.uuid, f"write {e.describe()}", exc) from exc
         finally:
             self.pending_slices.discard(e)
         log.info("%s/%s: %s", e.uuid, e.data, result)
-        await self._after_write(e)
+        await self._drain()
 
     async def release(self, fh):
         h = self.handles.pop(fh, None)
-        if h is not None and h.entry.kind == "slice":
+        if h is not None:
             self.pending_slices.discard(h.entry)
 
     async def fsync(self, fh, datasync):
@@ -410,7 +467,7 @@ class DvidOperations(pyfuse3.Operations):
                 s.mtime = attr.st_mtime_ns / 1e9
             return self._scratch_attrs(s)
         e = self._entry(inode)
-        if e.uuid and (e.kind, e.name) not in WRITE_NOW and e.kind != "ctrl" and self.tree.db.nodes[e.uuid].locked:
+        if e.locked and not e.settable_when_locked:
             raise pyfuse3.FUSEError(errno.EROFS)
         if fields.update_size:
             for h in self.handles.values():
@@ -423,66 +480,61 @@ class DvidOperations(pyfuse3.Operations):
     async def create(self, parent_inode, name, mode, flags, ctx):
         parent = self._entry(parent_inode)
         sname = os.fsdecode(name)
-        if parent.kind != "plane":
-            if parent.kind == "ctrl":
+        if not parent.accepts_temp_files:
+            if isinstance(parent, ControlDir):
                 raise pyfuse3.FUSEError(errno.EPERM)
-            locked = parent.uuid and self.tree.db.nodes[parent.uuid].locked
-            raise pyfuse3.FUSEError(errno.EROFS if locked else errno.EPERM)
-        if self.tree.db.nodes[parent.uuid].locked:
+            raise pyfuse3.FUSEError(errno.EROFS if parent.locked else errno.EPERM)
+        if parent.locked:
             raise self._fail(parent.uuid, f"create {sname}", ReadOnlyError(f"node {parent.uuid} is committed"))
         coord = parse_slice_name(sname)
         fh = self._fh()
         if coord is not None:
-            e = Entry("slice", repo=parent.repo, uuid=parent.uuid, data=parent.data,
-                      plane=parent.plane, coord=coord)
+            e = parent.slice_entry(coord)
             ino = self._remember(parent_inode, name, e)
             self.pending_slices.add(e)
             self.handles[fh] = Handle(e, ino, bytearray(), writing=True)
             return pyfuse3.FileInfo(fh=fh, direct_io=True), self._attrs(ino, Attr("file", 0, True, time.time(), False))
-        s = Scratch(ino=self._ino(Entry("scratch", uuid=parent.uuid, data=parent.data,
-                                        plane=parent.plane, name=f"{self._next_ino}:{sname}")),
+        s = Scratch(ino=self._ino(ScratchEntry(uuid=parent.uuid, data=parent.data,
+                                               plane=parent.plane, name=f"{self._next_ino}:{sname}")),
                     mode=mode & 0o777)
         self.scratch[(parent, sname)] = s
         self.scratch_ino[s.ino] = (parent, sname)
-        self.handles[fh] = Handle(Entry("scratch"), s.ino, writing=True)
+        self.handles[fh] = Handle(SCRATCH, s.ino, writing=True)
         return pyfuse3.FileInfo(fh=fh, direct_io=True), self._scratch_attrs(s)
 
     async def rename(self, parent_old, name_old, parent_new, name_new, flags, ctx):
         pold, pnew = self._entry(parent_old), self._entry(parent_new)
         old, new = os.fsdecode(name_old), os.fsdecode(name_new)
-        s = self.scratch.get((pold, old)) if pold.kind == "plane" else None
+        s = self.scratch.get((pold, old)) if pold.accepts_temp_files else None
         if s is None or pnew != pold:
-            locked = pold.uuid and self.tree.db.nodes[pold.uuid].locked
-            raise pyfuse3.FUSEError(errno.EROFS if locked else errno.EPERM)
+            raise pyfuse3.FUSEError(errno.EROFS if pold.locked else errno.EPERM)
         coord = parse_slice_name(new)
         if coord is None:  # temp -> temp: just a new name
             self.scratch.pop((pold, old))
             self.scratch[(pnew, new)] = s
             self.scratch_ino[s.ino] = (pnew, new)
             return
-        e = Entry("slice", repo=pold.repo, uuid=pold.uuid, data=pold.data, plane=pold.plane, coord=coord)
+        e = pold.slice_entry(coord)
         try:
             await trio.to_thread.run_sync(self.tree.upload, e, bytes(s.data))
         except DvidfsError as exc:
             raise self._fail(pold.uuid, f"rename {old} -> {new}", exc) from exc
         self.scratch.pop((pold, old), None)
         self.scratch_ino.pop(s.ino, None)
-        await self._after_write(e)
+        await self._drain()
 
     async def unlink(self, parent_inode, name, ctx):
         parent = self._entry(parent_inode)
         sname = os.fsdecode(name)
-        s = self.scratch.pop((parent, sname), None) if parent.kind == "plane" else None
+        s = self.scratch.pop((parent, sname), None) if parent.accepts_temp_files else None
         if s is not None:
             self.scratch_ino.pop(s.ino, None)
             return
-        locked = parent.uuid and self.tree.db.nodes[parent.uuid].locked
-        raise pyfuse3.FUSEError(errno.EROFS if locked else errno.EPERM)
+        raise pyfuse3.FUSEError(errno.EROFS if parent.locked else errno.EPERM)
 
     async def rmdir(self, parent_inode, name, ctx):
         parent = self._entry(parent_inode)
-        locked = parent.uuid and self.tree.db.nodes[parent.uuid].locked
-        raise pyfuse3.FUSEError(errno.EROFS if locked else errno.EPERM)
+        raise pyfuse3.FUSEError(errno.EROFS if parent.locked else errno.EPERM)
 
     async def mkdir(self, parent_inode, name, mode, ctx):
         parent = self._entry(parent_inode)
@@ -492,7 +544,7 @@ class DvidOperations(pyfuse3.Operations):
         except DvidfsError as exc:
             raise self._fail(parent.uuid, f"mkdir {sname}", exc) from exc
         ino = self._remember(parent_inode, name, e)
-        await self._invalidate(self._by_uuid.get(parent.uuid, ()), lambda x: x == parent)
+        await self._drain()
         return await self._getattr_entry(e, ino)
 
     async def forget(self, inode_list):

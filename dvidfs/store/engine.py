@@ -1,31 +1,36 @@
-"""The ordered key/value engine: the only module that imports plyvel.
+"""The ordered key/value protocol that every storage engine implements.
 
-The interface is deliberately small (get, range iteration, atomic batches,
-snapshots) so another ordered engine (RocksDB, LMDB, Badger-like) can sit
-behind it later.  Everything above works on bytes keys and values.
+Why this module exists: everything above the store layer (versioned reads,
+the version DAG, the data types) needs only a small ordered key/value
+interface: point gets, range scans in byte order, atomic write batches and
+snapshots.  This module names that interface (`OrderedKV`, `Cursor`) and holds
+the engine-independent pieces built on it (`Batch`, `Reader`,
+`SnapshotReader`), so an engine is a thin driver and another ordered engine
+(RocksDB, LMDB, Badger-like, or the in-memory one used by unit tests) can sit
+behind the same code.  Everything works on bytes keys and values.
 
-Concurrency: LevelDB is safe for concurrent readers and writers from several
-threads of one process; iterators and snapshots are not shared between threads
-here (each read builds its own).  Only one *process* may open a store: a second
-open fails with `StoreBusyError`, which names the mount point if a mount holds it.
+Engines: `dvidfs.store.leveldb.LevelDBEngine` (the on-disk store) and
+`dvidfs.store.memory.MemoryEngine` (fast unit tests).  Only engine driver
+modules import a client library (plyvel lives in `dvidfs.store.leveldb`
+alone); this module imports none, and code above the store layer should
+depend on `OrderedKV` / `Reader`, not on a driver.
+
+Concurrency contract: an engine is safe for concurrent readers and writers
+from several threads of one process; cursors and snapshots are not shared
+between threads (each read builds its own).  A batch applied by an engine
+whose `atomic_batches` is true is seen by every reader either entirely or not
+at all.  An engine may admit only one *process* per store (LevelDB does): a
+second open then fails with `StoreBusyError`.
 """
 from __future__ import annotations
 
-import json
-import os
-from contextlib import contextmanager
-from typing import Iterator
-
-import plyvel
-
-from dvidfs.errors import NotFoundError, StoreBusyError
-
-DB_DIR = "leveldb"
-MOUNT_MARKER = "mounted-at.json"
+from contextlib import AbstractContextManager, contextmanager
+from typing import ClassVar, Iterator, Protocol, runtime_checkable
 
 
 class Batch:
-    """Writes collected in memory and applied atomically by `Engine.apply`."""
+    """Writes collected in memory and applied by an engine's `apply` (all or
+    nothing on engines with `atomic_batches`)."""
 
     __slots__ = ("ops",)
 
@@ -42,8 +47,64 @@ class Batch:
         return len(self.ops)
 
 
+@runtime_checkable
+class Cursor(Protocol):
+    """A raw ordered cursor (the semantics of plyvel's raw iterator).
+
+    A new cursor is not positioned: `valid()` is false until `seek`.
+    `seek(key)` moves to the first key >= `key` (invalid if there is none);
+    `next()` moves to the following key (invalid past the last one).
+    `key()`, `value()` and `next()` on an invalid cursor raise.  A cursor
+    reads one consistent view, taken when it was created."""
+
+    def seek(self, key: bytes) -> None: ...
+    def valid(self) -> bool: ...
+    def key(self) -> bytes: ...
+    def value(self) -> bytes: ...
+    def next(self) -> None: ...
+    def close(self) -> None: ...
+
+
+@runtime_checkable
+class OrderedKV(Protocol):
+    """What an engine offers.  Engines subclass `Reader` (which supplies
+    `scan`, `scan_lazy` and `cursor` from the engine's raw cursor) and add
+    `apply`, `snapshot` and `close`."""
+
+    #: Capability: `apply` is all-or-nothing and readers never see part of a batch.
+    atomic_batches: ClassVar[bool]
+
+    def get(self, key: bytes) -> bytes | None:
+        """The value stored under `key`, or None."""
+
+    def scan(self, start: bytes, stop: bytes, include_value: bool = True) -> Iterator:
+        """Keys in [start, stop) in byte order: (key, value) pairs, or keys
+        alone with include_value=False."""
+
+    def scan_lazy(self, start: bytes, stop: bytes) -> Iterator:
+        """(key, fetch) pairs for keys in [start, stop); `fetch()` is only
+        valid until the next item."""
+
+    def cursor(self) -> AbstractContextManager[Cursor]:
+        """A raw `Cursor` over one consistent view, closed on exit."""
+
+    def apply(self, batch: Batch, sync: bool = False) -> None:
+        """Apply every write of `batch` (atomically if `atomic_batches`);
+        `sync` asks a persistent engine to flush before returning."""
+
+    def snapshot(self) -> AbstractContextManager[Reader]:
+        """A `Reader` that sees the store as it was when the snapshot was
+        taken: later writes and deletes are invisible to it."""
+
+    def close(self) -> None:
+        """Release the engine (idempotent)."""
+
+
 class Reader:
-    """Point reads and ordered range scans over one consistent view."""
+    """Point reads and ordered range scans over one consistent view.
+
+    `source` offers get(key) and raw_iterator() (a `Cursor`); subclasses may
+    instead override `get` and `_raw_iterator`."""
 
     def __init__(self, source) -> None:
         self._src = source
@@ -59,7 +120,7 @@ class Reader:
     def scan_lazy(self, start: bytes, stop: bytes) -> Iterator:
         """(key, fetch) pairs for keys in [start, stop): `fetch()` returns the value
         and is only valid until the next item, so values nobody asks for are never
-        copied out of LevelDB."""
+        copied out of the engine."""
         with self.cursor() as it:
             it.seek(start)
             while it.valid():
@@ -70,7 +131,7 @@ class Reader:
                 it.next()
 
     @contextmanager
-    def cursor(self) -> Iterator:
+    def cursor(self) -> Iterator[Cursor]:
         """A raw cursor for hot loops in the store layer (versioned scans): it has
         seek(key), valid(), key(), value() and next(), and one cursor can serve
         many ranges by seeking, which costs a fraction of a new iterator."""
@@ -88,10 +149,10 @@ class Reader:
 
 
 class SnapshotReader(Reader):
-    """A snapshot used by one thread for one read: its scans reuse LevelDB
-    iterators and `seek`, which costs a fraction of opening an iterator per
-    scan (a yz slice is ~1,000 short scans).  A scan started while another is
-    still being consumed takes another iterator, so interleaving stays correct."""
+    """A snapshot used by one thread for one read: its scans reuse cursors and
+    `seek`, which costs a fraction of opening a cursor per scan (a yz slice is
+    ~1,000 short scans).  A scan started while another is still being consumed
+    takes another cursor, so interleaving stays correct."""
 
     def __init__(self, snap) -> None:
         super().__init__(snap)
@@ -107,76 +168,3 @@ class SnapshotReader(Reader):
         for it in self._idle:
             it.close()
         self._idle.clear()
-
-
-class Engine(Reader):
-    """One LevelDB database inside a store directory."""
-
-    def __init__(self, path: str | os.PathLike, create: bool = False) -> None:
-        self.path = os.fspath(path)
-        db_path = os.path.join(self.path, DB_DIR)
-        if not create and not os.path.isdir(db_path):
-            raise NotFoundError(f"no dvidfs store at {self.path} (run `dvidfs init {self.path}` first)")
-        os.makedirs(self.path, exist_ok=True)
-        try:
-            # Values are already lz4/gzip-compressed: LevelDB's snappy would only cost CPU.
-            db = plyvel.DB(
-                db_path,
-                create_if_missing=create,
-                compression=None,
-                write_buffer_size=64 << 20,
-                block_size=64 << 10,
-                lru_cache_size=64 << 20,
-            )
-        except plyvel.IOError as exc:
-            if "lock" in str(exc).lower():
-                raise StoreBusyError(_busy_message(self.path)) from None
-            raise
-        super().__init__(db)
-        self._db = db
-
-    def apply(self, batch: Batch, sync: bool = False) -> None:
-        """Apply every write of `batch` atomically (all or nothing)."""
-        with self._db.write_batch(sync=sync) as wb:
-            for key, value in batch.ops:
-                if value is None:
-                    wb.delete(key)
-                else:
-                    wb.put(key, value)
-
-    @contextmanager
-    def snapshot(self) -> Iterator[Reader]:
-        """A consistent read view: a slice assembled from many scans sees
-        either all or none of a concurrent write batch."""
-        snap = self._db.snapshot()
-        reader = SnapshotReader(snap)
-        try:
-            yield reader
-        finally:
-            reader.close()
-            snap.close()
-
-    def close(self) -> None:
-        if not self._db.closed:
-            self._db.close()
-
-    # -- mount marker: lets a second process explain *why* the store is busy --
-    def mark_mounted(self, mountpoint: str) -> None:
-        with open(os.path.join(self.path, MOUNT_MARKER), "w") as f:
-            json.dump({"mountpoint": os.path.abspath(mountpoint), "pid": os.getpid()}, f)
-
-    def clear_mounted(self) -> None:
-        try:
-            os.unlink(os.path.join(self.path, MOUNT_MARKER))
-        except FileNotFoundError:
-            pass
-
-
-def _busy_message(path: str) -> str:
-    try:
-        with open(os.path.join(path, MOUNT_MARKER)) as f:
-            info = json.load(f)
-        return (f"store {path} is in use: it is mounted at {info['mountpoint']} (pid {info['pid']}); "
-                f"work through the mount or unmount it first (`dvidfs umount {info['mountpoint']}`)")
-    except (OSError, ValueError, KeyError):
-        return f"store {path} is in use by another process (LevelDB admits one process at a time)"

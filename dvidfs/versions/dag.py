@@ -16,12 +16,12 @@ import re
 import struct
 import threading
 from dataclasses import dataclass
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Protocol
 
 from dvidfs.errors import (AmbiguousError, ConflictError, ExistsError, InvalidInputError,
                            NotFoundError, ReadOnlyError)
 from dvidfs.store import keys, versioned
-from dvidfs.store.engine import Batch, Engine, Reader
+from dvidfs.store.engine import Batch, OrderedKV, Reader
 from dvidfs.store.versioned import VersionView
 from dvidfs.versions.model import MASTER, NAME_RE, UUID_RE, Instance, Node, Repo, new_uuid, now
 
@@ -45,17 +45,31 @@ class MergeContext:
         return versioned.get(self.reader, self.instance_id, self.tkey, self.base)
 
 
-# Keys several sides of a merge may change that have a natural merged value
-# (extents: union box; max label: max; a body's label index: base + each side's
-# change).  Registered by data types: class byte -> fn(MergeContext) -> merged
-# value (None = deleted); a fn raises ConflictError when it cannot merge.
-MERGEABLE: dict[int, Callable[["MergeContext"], bytes | None]] = {}
-# class byte -> fn(TKey) -> human description, for conflict messages.
-DESCRIBE: dict[int, Callable[[bytes], str]] = {}
+class MergeRules(Protocol):
+    """What a merge asks of the data types (the core's type registry answers).
+
+    Keys several sides of a merge may change that have a natural merged value
+    (extents: union box; max label: max; a body's label index: base + each
+    side's change) have a rule: fn(MergeContext) -> merged value (None =
+    deleted), raising ConflictError when it cannot merge."""
+
+    def merge_rule(self, key_class: int) -> Callable[[MergeContext], bytes | None] | None:
+        """The rule for TKeys of this class byte, or None (then differing values conflict)."""
+
+    def describe(self, tk: bytes) -> str:
+        """A short human description of a TKey, for conflict messages."""
+
+
+class _NoRules:
+    def merge_rule(self, key_class: int):
+        return None
+
+    def describe(self, tk: bytes) -> str:
+        return f"key class {tk[0]} {tk[1:].hex()}"
 
 
 class VersionDB:
-    def __init__(self, engine: Engine):
+    def __init__(self, engine: OrderedKV):
         self.engine = engine
         self.lock = threading.RLock()
         self.repos: dict[str, Repo] = {}
@@ -274,11 +288,13 @@ class VersionDB:
             return node
 
     def merge(self, parents: list[Node], note: str = "", uuid: str | None = None,
-              instance_names: dict[int, str] | None = None) -> Node:
+              rules: MergeRules | None = None) -> Node:
         """A new open node whose parents are all `parents` (committed, same repo).
         Refused, naming the keys, when a key was changed on more than one side
-        since the common ancestor and the sides' values differ (unless its class
-        is MERGEABLE, in which case the merged value is written in the new node)."""
+        since the common ancestor and the sides' values differ (unless `rules`
+        has a merge rule for its class, in which case the merged value is
+        written in the new node)."""
+        rules = rules or _NoRules()
         with self.lock:
             if len(parents) < 2 or len({p.uuid for p in parents}) != len(parents):
                 raise InvalidInputError("a merge needs two or more different parent nodes")
@@ -287,10 +303,10 @@ class VersionDB:
                     raise InvalidInputError(f"node {p.uuid} is open: commit it before merging")
                 if p.repo != parents[0].repo:
                     raise InvalidInputError("merge parents must be in the same repo")
-            merged_values, conflicts = self._merge_plan(parents)
+            merged_values, conflicts = self._merge_plan(parents, rules)
             if conflicts:
-                names = instance_names or {}
-                shown = [f"{names.get(inst, inst)}: {self._describe(tk)}" for inst, tk in conflicts[:20]]
+                names = {i.id: i.name for i in self.repos[parents[0].repo].instances.values()}
+                shown = [f"{names.get(inst, inst)}: {rules.describe(tk)}" for inst, tk in conflicts[:20]]
                 more = f" and {len(conflicts) - 20} more" if len(conflicts) > 20 else ""
                 raise ConflictError(f"merge refused: {len(conflicts)} key(s) changed differently on "
                                     f"more than one side: " + "; ".join(shown) + more)
@@ -306,7 +322,7 @@ class VersionDB:
             self._register(node)
             return node
 
-    def _merge_plan(self, parents: list[Node]):
+    def _merge_plan(self, parents: list[Node], rules: MergeRules):
         """Keys changed on 2+ sides since the common ancestors are read exactly as
         the future merge node would read them (DVID's lazy rule); those whose
         nearest values still differ are conflicts, or get a merged value."""
@@ -331,7 +347,7 @@ class VersionDB:
                     continue
                 except ConflictError:
                     pass
-                fn = MERGEABLE.get(tk[0])
+                fn = rules.merge_rule(tk[0])
                 if fn is None:
                     conflicts.append((inst, tk))
                     continue
@@ -341,11 +357,6 @@ class VersionDB:
                 except ConflictError:
                     conflicts.append((inst, tk))
         return merged, conflicts
-
-    @staticmethod
-    def _describe(tk: bytes) -> str:
-        fn = DESCRIBE.get(tk[0])
-        return fn(tk) if fn else f"key class {tk[0]} {tk[1:].hex()}"
 
     def append_log(self, node: Node, lines: Iterable[str]) -> Node:
         """Log lines may be added to committed nodes too (DVID issue #133 asked for it)."""

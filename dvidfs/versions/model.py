@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 import re
-import time
 import uuid as uuidlib
 from dataclasses import asdict, dataclass, field
+
+from dvidfs.timestamps import iso, now
 
 UUID_RE = re.compile(r"^[0-9a-f]{32}$")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,127}$")
@@ -13,14 +14,6 @@ MASTER = "master"  # how the unnamed default branch is shown (stored as "")
 
 def new_uuid() -> str:
     return uuidlib.uuid4().hex
-
-
-def now() -> float:
-    return time.time()
-
-
-def iso(t: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
 
 
 @dataclass

@@ -1,0 +1,281 @@
+"""`Dvid`: the one object every front end talks to (the mount, the CLI, next the HTTP server).
+
+It owns the engine, the version DAG, the data-type registry, the caches
+(decoded blocks, read-ahead layers), the write generations and the change
+publisher, and offers every operation a front end needs, in nodes, instance
+names and numpy arrays — never keys:
+
+* repos: `new_repo`, `repos`, `repo`, `repo_of`, `branches`, `branch_tip`, `repo_nodes`
+* nodes: `node` (DVID's refs), `node_by_uuid`, `view`, `commit`, `branch`,
+  `merge`, `set_note`, `append_log`, `history`, `node_info` (DVID's JSON)
+* instances: `new_instance`, `instances`, `data`, `instance_info`
+* data: the type objects `data()` returns (each type's own operations), plus
+  `read_slice` (with read-ahead) and `generation` (for caches of renderings)
+* changes: `subscribe(callback)` -> unsubscribe; every applied change,
+  from any front end, is published as a `Change`.
+
+Concurrency: every mutation runs under `VersionDB.lock` (the DAG's and the data
+types' writers share it); reads take no lock.  Subscribers are called in the
+thread that made the change, after its batch is applied and outside every
+lock, so a subscriber may read the store; it must not block for long (the
+mount only queues invalidations).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from dataclasses import dataclass
+from typing import Callable, Iterable
+
+import numpy as np
+
+from dvidfs import storedir
+from dvidfs.config import Config
+from dvidfs.data.grayscale import Grayscale
+from dvidfs.data.labels import Labels
+from dvidfs.data.readahead import ReadAhead
+from dvidfs.data.types import DataType, TypeContext, TypeRegistry, WriteGenerations
+from dvidfs.errors import NotFoundError, StoreBusyError
+from dvidfs.store.cache import LRUCache
+from dvidfs.store.engine import OrderedKV
+from dvidfs.store.leveldb import LevelDBEngine
+from dvidfs.store.versioned import VersionView
+from dvidfs.versions.dag import VersionDB
+from dvidfs.versions.model import Instance, Node, Repo
+
+log = logging.getLogger("dvidfs.core")
+
+
+def default_registry() -> TypeRegistry:
+    """The data types dvidfs knows.  A new type is a module and one line here."""
+    reg = TypeRegistry()
+    reg.register(Grayscale)
+    reg.register(Labels)
+    return reg
+
+
+@dataclass(frozen=True)
+class Change:
+    """Something changed in a repo: `node` (UUID) is None for a repo-level
+    change (a new repo); `instance` is None for a node-level change (commit,
+    note, log, a new instance, a new child node), else the instance whose data
+    changed in `node`."""
+
+    repo: str                     # root UUID of the repo
+    node: str | None = None
+    instance: str | None = None
+
+
+class Dvid:
+    """A store: open with `Dvid(path)`, create with `Dvid.init(path)`, or run
+    on any `OrderedKV` engine with `Dvid(engine=...)` (e.g. the in-memory one)."""
+
+    def __init__(self, path: str | os.PathLike | None = None, *, create: bool = False,
+                 config: Config | None = None, registry: TypeRegistry | None = None,
+                 engine: OrderedKV | None = None):
+        self.config = config or Config.load()
+        self.path = os.fspath(path) if path is not None else None
+        if engine is None:
+            if self.path is None:
+                raise ValueError("Dvid needs a store path or an engine")
+            engine = self._open_leveldb(create)
+        self.engine = engine
+        self.db = VersionDB(engine)
+        self.types = registry or default_registry()
+        self.block_cache = LRUCache(self.config.block_cache) if self.config.block_cache else None
+        self.readahead = ReadAhead(self.config.readahead) if self.config.readahead else None
+        self.generations = WriteGenerations()
+        self._ctx = TypeContext(self.db, self.block_cache, self.generations, self._data_changed)
+        self._objects: dict[int, DataType] = {}
+        self._objects_lock = threading.Lock()
+        self._subscribers: list[Callable[[Change], None]] = []
+
+    def _open_leveldb(self, create: bool) -> OrderedKV:
+        c = self.config
+        try:
+            return LevelDBEngine(self.path, create=create, write_buffer_size=c.leveldb_write_buffer,
+                                 block_size=c.leveldb_block_size, lru_cache_size=c.leveldb_cache)
+        except StoreBusyError:
+            raise StoreBusyError(storedir.busy_message(self.path)) from None
+
+    @classmethod
+    def init(cls, path: str | os.PathLike, config: Config | None = None) -> "Dvid":
+        return cls(path, create=True, config=config)
+
+    def close(self) -> None:
+        self.engine.close()
+
+    def __enter__(self) -> "Dvid":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # ------------------------------------------------------------ changes
+    def subscribe(self, callback: Callable[[Change], None]) -> Callable[[], None]:
+        """Call `callback(change)` after every change; returns the unsubscriber."""
+        self._subscribers = [*self._subscribers, callback]
+
+        def unsubscribe() -> None:
+            self._subscribers = [s for s in self._subscribers if s is not callback]
+        return unsubscribe
+
+    def _publish(self, change: Change) -> None:
+        for fn in self._subscribers:
+            try:
+                fn(change)
+            except Exception:  # a subscriber's bug must not turn a stored change into an error
+                log.exception("change subscriber failed on %s", change)
+
+    def _data_changed(self, node: Node, instance: str) -> None:
+        self._publish(Change(node.repo, node.uuid, instance))
+
+    def _node_changed(self, node: Node) -> None:
+        self._publish(Change(node.repo, node.uuid))
+
+    # ------------------------------------------------------------ repos
+    def new_repo(self, alias: str, description: str = "") -> Repo:
+        repo = self.db.new_repo(alias, description)
+        self._publish(Change(repo.root))
+        return repo
+
+    def repos(self) -> list[Repo]:
+        return sorted(self.db.repos.values(), key=lambda r: r.alias)
+
+    def repo(self, name_or_uuid: str) -> Repo:
+        """A repo by name, root UUID, or any node UUID (prefix) in it."""
+        return self.db.repo(name_or_uuid)
+
+    def repo_by_alias(self, alias: str) -> Repo:
+        """A repo by its name only (how the mount names repo directories)."""
+        for r in self.db.repos.values():
+            if r.alias == alias:
+                return r
+        raise NotFoundError(f"no repo {alias!r}")
+
+    def repo_of(self, node: Node) -> Repo:
+        return self.db.repos[node.repo]
+
+    def repo_nodes(self, repo: Repo) -> list[Node]:
+        """Every node of the repo, oldest first."""
+        return self.db.repo_nodes(repo)
+
+    def branches(self, repo: Repo) -> dict[str, Node]:
+        """Branch name -> newest node of that branch."""
+        return self.db.branches(repo)
+
+    def branch_tip(self, repo: Repo, branch: str) -> Node:
+        return self.db.branch_tip(repo, branch)
+
+    # ------------------------------------------------------------ nodes
+    def node(self, ref: str, repo: Repo | None = None) -> Node:
+        """DVID's node references: UUID prefix, prefix:branch, :branch, ~N, or a repo name."""
+        return self.db.node(ref, repo)
+
+    def node_by_uuid(self, uuid: str) -> Node:
+        n = self.db.nodes.get(uuid)
+        if n is None:
+            raise NotFoundError(f"no node {uuid}")
+        return n
+
+    def view(self, node: Node) -> VersionView:
+        return self.db.view(node)
+
+    def commit(self, node: Node, note: str = "", log_lines: Iterable[str] = ()) -> Node:
+        self.db.commit(node, note, log_lines)
+        self._node_changed(node)
+        return node
+
+    def branch(self, parent: Node, name: str | None = None, note: str = "") -> Node:
+        child = self.db.branch(parent, name, note)
+        self._node_changed(parent)
+        self._node_changed(child)
+        return child
+
+    def merge(self, parents: list[Node], note: str = "") -> Node:
+        """A new open node merging committed `parents` (refused on conflicts the
+        data types' merge rules cannot resolve, naming the keys)."""
+        child = self.db.merge(parents, note, rules=self.types)
+        for n in (*parents, child):
+            self._node_changed(n)
+        return child
+
+    def set_note(self, node: Node, note: str) -> Node:
+        self.db.set_note(node, note)
+        self._node_changed(node)
+        return node
+
+    def append_log(self, node: Node, lines: Iterable[str]) -> Node:
+        self.db.append_log(node, lines)
+        self._node_changed(node)
+        return node
+
+    def history(self, node: Node) -> list[Node]:
+        """The node and its ancestors, newest first."""
+        return self.db.history(node)
+
+    def node_info(self, node: Node, instance_info: bool = False) -> dict:
+        """DVID's node JSON plus "Repo" (name) and "DataInstances": type names,
+        or with `instance_info` each instance's info as seen from the node."""
+        out = node.info()
+        out["Repo"] = self.repo_of(node).alias
+        insts = self.instances(node)
+        out["DataInstances"] = ({name: self.instance_info(node, name) for name in insts} if instance_info
+                                else {name: inst.typename for name, inst in insts.items()})
+        return out
+
+    # ------------------------------------------------------------ instances
+    def new_instance(self, node: Node, name: str, typename: str, **options) -> DataType:
+        """Create instance `name` of `typename` in open `node` (options: the type's
+        `make_config`, e.g. block_size, voxel_size, voxel_units)."""
+        cls = self.types.get(typename)
+        config = cls.make_config(**{k: v for k, v in options.items() if v is not None})
+        self.db.new_instance(node, name, typename, config)
+        self._node_changed(node)
+        return self.data(node, name)
+
+    def instances(self, node: Node) -> dict[str, Instance]:
+        """Instances visible from `node`, by name (sorted)."""
+        return self.db.instances_at(node)
+
+    def data(self, node: Node, name: str) -> DataType:
+        """The type object of instance `name` as visible from `node`."""
+        inst = self.db.instances_at(node).get(name)
+        if inst is None:
+            raise NotFoundError(f"no data instance {name!r} at node {node.uuid}")
+        return self._object(inst)
+
+    def _object(self, inst: Instance) -> DataType:
+        obj = self._objects.get(inst.id)
+        if obj is None:
+            with self._objects_lock:  # one object per instance: it holds per-instance caches
+                obj = self._objects.get(inst.id)
+                if obj is None:
+                    obj = self._objects[inst.id] = self.types.get(inst.typename)(self._ctx, inst)
+        return obj
+
+    def instance_info(self, node: Node, name: str) -> dict:
+        return self.data(node, name).info(self.view(node))
+
+    # ------------------------------------------------------------ data helpers shared by front ends
+    def generation(self, node: Node, data: DataType) -> int:
+        """Writes applied to `data` in `node` so far: put it in the key of anything
+        rendered from them.  Read it before rendering."""
+        return self.generations.get(data.inst.id, node.version_id)
+
+    def read_slice(self, node: Node, data: DataType, plane: str, coord: int) -> np.ndarray:
+        """A 2-D slice of a volume instance; neighbouring reads use read-ahead layers."""
+        view = self.view(node)
+        if self.readahead is None:
+            return data.read_slice(view, plane, coord)
+        return self.readahead.read_slice(data, view, plane, coord)
+
+    # ------------------------------------------------------------ the store directory
+    def mark_mounted(self, mountpoint: str) -> None:
+        if self.path:
+            storedir.mark_mounted(self.path, mountpoint)
+
+    def clear_mounted(self) -> None:
+        if self.path:
+            storedir.clear_mounted(self.path)

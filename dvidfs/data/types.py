@@ -1,0 +1,148 @@
+"""The data-type contract: what a type module gives the core, and what the core gives it.
+
+A data type (grayscale, labels; keyvalue, annotation, ROI next) is one module
+with one `DataType` subclass.  The core (`dvidfs/core.py`) registers it by
+name in a `TypeRegistry` and, for every instance of it, builds one object with
+a `TypeContext`: the version DAG (and through it the engine), the shared
+decoded-block cache, the write-generation counters and the change publisher.
+The type owns its keys; nothing above it reads or writes them.
+
+What a type declares (class attributes, read by the registry):
+
+* `typename` — DVID's type name, as instances record it.
+* `offers` — what front ends may show for it ("volume": boxes and slices;
+  "bodies": label bodies, sparsevols, merge/split).  The mount and the CLI
+  pick their views from this, never from the type's name.
+* `merge_rules` — key class byte -> function giving the merged value of a key
+  changed on several sides of a node merge (extents: union; max label: max).
+* `key_descriptions` — key class byte -> short human description of a TKey,
+  used when a merge is refused.
+
+Adding a type: a module with a `DataType` subclass, `make_config`, `info`,
+its operations, and one `registry.register(...)` line in `core.default_registry`.
+"""
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import Callable, ClassVar, Mapping
+
+from dvidfs.errors import ExistsError, InvalidInputError
+from dvidfs.store.cache import LRUCache
+from dvidfs.store.versioned import VersionView
+from dvidfs.versions.dag import MergeContext, VersionDB
+from dvidfs.versions.model import Instance, Node
+
+MergeFn = Callable[[MergeContext], "bytes | None"]
+
+
+class WriteGenerations:
+    """How many writes each (instance, version) has had: the one counter of
+    "this may have changed".  Caches of decoded blocks, read-ahead layers and
+    rendered files put it in their keys, so a write makes what they hold
+    unreachable instead of having to find and delete it.
+
+    Bumped by writers under `VersionDB.lock` after their batch is applied;
+    read without a lock (a reader takes the number *before* its snapshot, so
+    what it renders is never newer-keyed than what it saw)."""
+
+    def __init__(self) -> None:
+        self._n: dict[tuple[int, int], int] = {}
+        self._lock = threading.Lock()
+
+    def get(self, instance_id: int, version: int) -> int:
+        return self._n.get((instance_id, version), 0)
+
+    def bump(self, instance_id: int, version: int) -> None:
+        with self._lock:
+            k = (instance_id, version)
+            self._n[k] = self._n.get(k, 0) + 1
+
+
+@dataclass(frozen=True)
+class TypeContext:
+    """What the core hands every data-type object."""
+
+    db: VersionDB
+    block_cache: LRUCache | None
+    generations: WriteGenerations
+    # called (outside every lock) after a write to instance `name` of `node` was
+    # applied: the core publishes it to its subscribers (the mount's invalidation)
+    changed: Callable[[Node, str], None]
+
+
+class DataType:
+    """Base of every data type: one object per instance, shared by all nodes."""
+
+    typename: ClassVar[str]
+    offers: ClassVar[frozenset[str]] = frozenset()
+    merge_rules: ClassVar[Mapping[int, MergeFn]] = {}
+    key_descriptions: ClassVar[Mapping[int, Callable[[bytes], str]]] = {}
+
+    def __init__(self, ctx: TypeContext, inst: Instance):
+        self.ctx = ctx
+        self.db = ctx.db
+        self.engine = ctx.db.engine
+        self.inst = inst
+
+    @classmethod
+    def make_config(cls, **options) -> dict:
+        """The instance's stored configuration from creation options; raises
+        InvalidInputError for a bad option (nothing is created then)."""
+        raise NotImplementedError
+
+    def info(self, view: VersionView) -> dict:
+        """DVID's instance info JSON ("Base" and "Extended") as seen from `view`."""
+        return {"Base": {"TypeName": self.typename, "Name": self.inst.name,
+                         "RepoUUID": self.db.by_version[view.version].repo, "Versioned": True},
+                "Extended": {}}
+
+    def generation(self, view: VersionView) -> int:
+        """Writes applied to this instance in `view`'s version so far.  Capture it
+        before taking the snapshot a read uses."""
+        return self.ctx.generations.get(self.inst.id, view.version)
+
+    def _applied(self, node: Node) -> None:
+        """A batch changing this instance in `node` was applied (under the lock)."""
+        self.ctx.generations.bump(self.inst.id, node.version_id)
+
+
+class TypeRegistry:
+    """Data types by name, and the merge rules and key descriptions they declare
+    (the `MergeRules` the version DAG asks when it merges nodes)."""
+
+    def __init__(self) -> None:
+        self._types: dict[str, type[DataType]] = {}
+        self._rules: dict[int, MergeFn] = {}
+        self._describe: dict[int, Callable[[bytes], str]] = {}
+
+    def register(self, cls: type[DataType]) -> type[DataType]:
+        name = cls.typename
+        if name in self._types:
+            raise ExistsError(f"data type {name!r} is already registered")
+        for table, mine, what in ((self._rules, cls.merge_rules, "merge rule"),
+                                  (self._describe, cls.key_descriptions, "key description")):
+            for key_class, fn in mine.items():
+                if table.get(key_class, fn) is not fn:
+                    raise ExistsError(f"{name}: key class {key_class} already has another {what}")
+        self._types[name] = cls
+        self._rules.update(cls.merge_rules)
+        self._describe.update(cls.key_descriptions)
+        return cls
+
+    def get(self, typename: str) -> type[DataType]:
+        cls = self._types.get(typename)
+        if cls is None:
+            raise InvalidInputError(f"unknown data type {typename!r} (known: {', '.join(self.names())})")
+        return cls
+
+    def names(self) -> list[str]:
+        return sorted(self._types)
+
+    # -- MergeRules (versions/dag.py) --
+    def merge_rule(self, key_class: int) -> MergeFn | None:
+        return self._rules.get(key_class)
+
+    def describe(self, tk: bytes) -> str:
+        fn = self._describe.get(tk[0])
+        return fn(tk) if fn else f"key class {tk[0]} {tk[1:].hex()}"

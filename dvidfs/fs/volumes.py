@@ -1,0 +1,132 @@
+"""Volume instances as slice images: the planes of grayscale and label volumes.
+
+    <inst>/xy/<z>.png, xz/<y>.png, yz/<x>.png     8-bit slices (grayscale)
+    <inst>/xy/<z>.tif …                            exact uint64 ids (labels)
+    <inst>/xy-rgb/<z>.png …                        a stable colour per body (labels, for Fiji)
+
+Slice names are the coordinate zero-padded to SLICE_WIDTH digits, so `ls` and
+Fiji sort non-negative coordinates numerically; directories list them in
+coordinate order.  Sizes are formulas of width and height (stored-deflate PNG,
+uncompressed TIFF): `ls -l` encodes nothing.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable
+
+import numpy as np
+
+from dvidfs.errors import InvalidInputError, NotFoundError
+from dvidfs.formats.images import (decode_image, encode_png_stored, encode_pseudocolor_png, encode_tiff,
+                                   png_size, tiff_size)
+from dvidfs.fs.entry import ON_CLOSE, Attr, DirEntry, Entry
+from dvidfs.geometry import PLANE, PLANES
+
+if TYPE_CHECKING:
+    from dvidfs.fs.tree import Tree
+
+SLICE_RE = re.compile(r"^(-?\d+)\.(png|tif|tiff)$")
+SLICE_WIDTH = 5
+RGB = "-rgb"
+
+
+def slice_name(coord: int, ext: str) -> str:
+    return f"{coord:0{SLICE_WIDTH}d}.{ext}"
+
+
+def parse_slice_name(name: str) -> int | None:
+    m = SLICE_RE.match(name)
+    return int(m.group(1)) if m else None
+
+
+@dataclass(frozen=True)
+class SliceFormat:
+    """How one plane directory shows a volume's slices."""
+
+    ext: str
+    size: Callable[[int, int], int]          # (width, height) -> exact file size
+    encode: Callable[[np.ndarray], bytes]
+    writable: bool
+
+
+GRAY_PNG = SliceFormat("png", png_size, encode_png_stored, True)
+LABEL_TIFF = SliceFormat("tif", lambda w, h: tiff_size(w, h, np.uint64), encode_tiff, True)
+LABEL_RGB = SliceFormat("png", lambda w, h: png_size(w, h, 3), encode_pseudocolor_png, False)
+
+
+def plane_formats(dtype: np.dtype) -> dict[str, SliceFormat]:
+    """Plane directory name -> format, by the volume's voxel type."""
+    if dtype == np.uint8:
+        return {p: GRAY_PNG for p in PLANES}
+    return {**{p: LABEL_TIFF for p in PLANES}, **{p + RGB: LABEL_RGB for p in PLANES}}
+
+
+def volume_children(inst: Entry, tree: "Tree") -> list[tuple[str, Entry]]:
+    return [(p, inst.child(PlaneDir, plane=p)) for p in plane_formats(inst.obj.dtype)]
+
+
+class PlaneDir(DirEntry):
+    accepts_temp_files = True
+
+    @property
+    def format(self) -> SliceFormat:
+        return plane_formats(self.obj.dtype)[self.plane]
+
+    @property
+    def axes(self):
+        return PLANE[self.plane[:2]]
+
+    def slice_entry(self, coord: int) -> "Slice":
+        return self.child(Slice, coord=coord)
+
+    def lookup(self, tree: "Tree", name: str) -> Entry:
+        coord = parse_slice_name(name)
+        if coord is None or not self._has(tree, coord):
+            raise NotFoundError(f"no slice {name!r}")
+        return self.slice_entry(coord)
+
+    def _has(self, tree: "Tree", coord: int) -> bool:
+        ext = tree.extents(self)
+        fixed = self.axes.fixed
+        return ext is not None and ext.lo[fixed] <= coord < ext.hi[fixed]
+
+    def list(self, tree: "Tree") -> list[tuple[str, Entry, Attr]]:
+        ext = tree.extents(self)
+        if ext is None:
+            return []
+        fixed, fmt = self.axes.fixed, self.format
+        attr = Attr("file", fmt.size(*self.axes.dims(ext)), not self.locked and fmt.writable,
+                    tree.mtime(self.node), self.locked)
+        # Coordinate order (not name order): `ls -U`, `find`, os.listdir and
+        # Fiji's virtual stack see slices in order even where names are negative.
+        return [(slice_name(c, fmt.ext), self.slice_entry(c), attr) for c in range(ext.lo[fixed], ext.hi[fixed])]
+
+
+class Slice(Entry):
+    rendered = True
+    write_mode = ON_CLOSE
+    starts_with_content = True
+
+    def attr(self, tree: "Tree") -> Attr:
+        ext = tree.extents(self)
+        if ext is None:
+            raise NotFoundError("empty volume")
+        fmt = plane_formats(self.obj.dtype)[self.plane]
+        return Attr("file", fmt.size(*PLANE[self.plane[:2]].dims(ext)), not self.locked and fmt.writable,
+                    tree.mtime(self.node), self.locked)
+
+    def read(self, tree: "Tree") -> bytes:
+        img = tree.core.read_slice(self.node, self.obj, self.plane[:2], self.coord)
+        return plane_formats(self.obj.dtype)[self.plane].encode(img)
+
+    def upload(self, tree: "Tree", data: bytes) -> str:
+        if not plane_formats(self.obj.dtype)[self.plane].writable:
+            raise InvalidInputError(f"{self.plane} shows colours; write uint64 TIFF slices to "
+                                    f"{self.plane[:2]}/ instead")
+        img = decode_image(bytes(data), self.obj.dtype)
+        self.obj.write_slice(self.node, self.plane[:2], self.coord, img)
+        return f"wrote {self.plane} slice {self.coord}"
+
+    def describe(self) -> str:
+        return f"{self.data}/{self.plane}/{self.coord}"
