@@ -111,10 +111,10 @@ def run_foreground(store_path: str, mountpoint: str, debug: bool = False,
 
 
 async def _serve(ops: DvidOperations, signals: bool = True) -> None:
+    ops.attach()
     async with trio.open_nursery() as nursery:
         if signals:
             nursery.start_soon(_stop_on_signal, nursery)
-        nursery.start_soon(ops.invalidator)
         await pyfuse3.main()
         nursery.cancel_scope.cancel()
 

@@ -16,10 +16,12 @@ from the core's publisher (`Dvid.subscribe`), whichever front end made them
 (the mount, or the HTTP server or a script in the same process): a write to an
 instance in a node drops every inode under that (node, instance); a node-level
 change drops the node's inodes and the repo's branch links and control files.
-The subscriber only queues (`_on_change`, any thread -> the trio thread);
-the handler that made a change drains the queue before it replies, so the
-writer's next `stat` sees the change, and the `invalidator` task drains what
-other front ends changed.  Data of committed nodes is immutable
+A change made in one of our handlers' worker threads, or in any other
+thread of the process, is invalidated before the change's call returns to
+its caller (`_on_change` runs the invalidation on the trio thread and waits
+for it), so the writer's next `stat`, wherever it comes from, sees the
+change.  Changes made on the trio thread itself are queued and drained by the
+handler before it replies.  Data of committed nodes is immutable
 (`keep_cache`); data of open nodes is read with `direct_io`, so a reader always
 gets the bytes rendered at its open.  Only rsync/editor temp files and
 `last-error` use zero timeouts.
@@ -100,10 +102,9 @@ class DvidOperations(pyfuse3.Operations):
         self._by_uuid: dict[str, list[int]] = {"": [pyfuse3.ROOT_INODE]}  # node uuid ("" above nodes) -> inos
         self._node_level: list[int] = []
         self.uid, self.gid = os.getuid(), os.getgid()
-        # changes published by the core (any thread), queued for the trio thread
+        # changes published by the core (any thread), invalidated on the trio thread
         self._token: trio.lowlevel.TrioToken | None = None
         self._changes: list[Change] = []
-        self._wake = trio.Event()
         self._drain_lock = trio.Lock()
         self._unsubscribe = tree.core.subscribe(self._on_change)
         # Renders take turns in one worker thread.  A grayscale slice still holds
@@ -225,40 +226,37 @@ class DvidOperations(pyfuse3.Operations):
         for parent, name in names:
             pyfuse3.invalidate_entry_async(parent, name, ignore_enoent=True)
 
+    def attach(self) -> None:
+        """Start following the core's changes; call on the trio thread that serves."""
+        self._token = trio.lowlevel.current_trio_token()
+
     def _on_change(self, change: Change) -> None:
-        """Core subscriber, called in the thread that made the change: queue it
-        for the trio thread (FIFO: a worker's change is queued before its
-        handler resumes, so that handler's drain sees it)."""
+        """Core subscriber, called in the thread that made the change (after its
+        batch is applied, holding no store lock).  From any thread but the trio
+        thread, run the invalidation there and wait for it, so the change's
+        caller returns only once the kernel has forgotten what it affects."""
         token = self._token
         if token is None:
-            return  # not serving yet: the kernel holds nothing
+            return  # not serving yet: the kernel holds nothing of ours
         try:
-            if trio.lowlevel.current_trio_token() is token:
-                self._queue(change)
-                return
+            on_trio_thread = trio.lowlevel.current_trio_token() is token
         except RuntimeError:
-            pass  # not on the trio thread
+            on_trio_thread = False
+        if on_trio_thread:
+            self._changes.append(change)  # the handler drains before it replies
+            return
         try:
-            token.run_sync_soon(self._queue, change)
-        except trio.RunFinishedError:
-            pass  # unmounting
+            trio.from_thread.run(self._queue_and_drain, change, trio_token=token)
+        except (trio.RunFinishedError, trio.Cancelled):
+            pass  # unmounting: nothing left to invalidate
 
-    def _queue(self, change: Change) -> None:
+    async def _queue_and_drain(self, change: Change) -> None:
         self._changes.append(change)
-        self._wake.set()
-
-    async def invalidator(self) -> None:
-        """Drains changes made by other front ends (runs for the life of the mount)."""
-        self._token = trio.lowlevel.current_trio_token()
-        while True:
-            await self._wake.wait()
-            self._wake = trio.Event()
-            await self._drain()
+        await self._drain()
 
     async def _drain(self) -> None:
-        """Invalidate what every queued change can affect.  A handler calls this
-        after its own change and before replying; the lock makes it also wait for
-        a drain the invalidator task already started (which may hold its change)."""
+        """Invalidate what every queued change can affect.  The lock makes a
+        drain wait for one already under way (which may hold its change)."""
         async with self._drain_lock:
             changes, self._changes = self._changes, []
             for c in dict.fromkeys(changes):
