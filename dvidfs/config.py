@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields
 from typing import Mapping
 
 from dvidfs.errors import InvalidInputError
@@ -75,9 +75,6 @@ class Config:
             raise InvalidInputError("render threads must be at least 1")
         if not 0 < self.switch_interval <= 1:
             raise InvalidInputError("switch interval must be between 0 and 1 second")
-
-    def with_(self, **changes) -> "Config":
-        return replace(self, **changes)
 
     # -- command line --
     @classmethod

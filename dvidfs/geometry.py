@@ -19,7 +19,6 @@ from dvidfs.errors import InvalidInputError
 
 XYZ = tuple[int, int, int]
 INT32_MIN, INT32_MAX = -2**31, 2**31 - 1
-AXIS_NAMES = "xyz"  # axes 0 = x, 1 = y, 2 = z
 
 
 @dataclass(frozen=True)
@@ -32,20 +31,10 @@ class Plane:
     width: int
     height: int
 
-    def numpy_axis(self) -> int:
-        """Where the fixed axis is in a [z, y, x] array."""
-        return 2 - self.fixed
-
     def take(self, arr: "np.ndarray", i: int) -> "np.ndarray":  # noqa: F821
         """Plane i along the fixed axis of a [z, y, x] array, as a 2-D (height, width) view."""
         index: list = [slice(None)] * 3
         index[2 - self.fixed] = i
-        return arr[tuple(index)]
-
-    def slab(self, arr: "np.ndarray", i: int) -> "np.ndarray":  # noqa: F821
-        """Like `take`, but one voxel thick and still 3-D."""
-        index: list = [slice(None)] * 3
-        index[2 - self.fixed] = slice(i, i + 1)
         return arr[tuple(index)]
 
     def to_image(self, vol: "np.ndarray") -> "np.ndarray":  # noqa: F821

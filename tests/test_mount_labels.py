@@ -15,6 +15,7 @@ from PIL import Image
 from dvidfs.core import Dvid
 from dvidfs.formats.images import label_colors
 from mounting import mounted
+from reference import ref_rles
 
 pytestmark = pytest.mark.mount
 
@@ -28,24 +29,6 @@ def _labels():
     lab[(z > 10) & (y < 8)] = 2**40 + 3
     lab[:, :, 25:] = 0
     return lab
-
-
-def ref_rles(mask: np.ndarray, offset) -> bytes:
-    """Independent encoder of DVID's sparsevol: plain loops over rows."""
-    spans = []
-    for zi in range(mask.shape[0]):
-        for yi in range(mask.shape[1]):
-            row, xi = mask[zi, yi], 0
-            while xi < len(row):
-                if row[xi]:
-                    start = xi
-                    while xi < len(row) and row[xi]:
-                        xi += 1
-                    spans.append((start + offset[0], yi + offset[1], zi + offset[2], xi - start))
-                else:
-                    xi += 1
-    return bytes([0, 3, 0, 0]) + struct.pack("<II", 0, len(spans)) + b"".join(
-        struct.pack("<iiii", *s) for s in spans)
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ show: `fs/nodes.py` (repos, nodes, control files), `fs/volumes.py`
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar
 
 from dvidfs.errors import InvalidInputError, NotFoundError, ReadOnlyError
@@ -62,6 +62,8 @@ class Entry:
     node_level: ClassVar[bool] = False      # changes with commands on other nodes of the repo
     slow_attr: ClassVar[bool] = False       # its size needs real work: stat it in a worker thread
     starts_with_content: ClassVar[bool] = False  # opened for writing without O_TRUNC: holds its content
+    read_only: ClassVar[bool] = False       # a NOW file that takes no writes (info.json, last-error)
+    is_last_error: ClassVar[bool] = False   # served by the operations layer, which keeps the messages
 
     # ------------------------------------------------------------ building
     def child(self, cls: type["Entry"], **changes) -> "Entry":
@@ -69,9 +71,6 @@ class Entry:
         base = {f: getattr(self, f) for f in ("repo", "uuid", "data", "plane", "coord", "node", "obj")}
         base.update(changes)
         return cls(**base)
-
-    def resolved(self, **changes) -> "Entry":
-        return replace(self, **changes)
 
     @property
     def settable_when_locked(self) -> bool:
@@ -95,7 +94,7 @@ class Entry:
         return [(name, c, c.attr(tree)) for name, c in out]
 
     def attr(self, tree: "Tree") -> Attr:
-        raise NotImplementedError
+        raise NotFoundError(f"no attributes for {self.describe() or 'this entry'}")
 
     def read(self, tree: "Tree") -> bytes:
         raise NotFoundError("not a file")

@@ -141,11 +141,11 @@ class ControlFile(Entry):
     node_level = True  # info.json shows children made by branch/merge commands elsewhere
 
     @property
-    def read_only(self) -> bool:
+    def read_only(self) -> bool:  # type: ignore[override]
         return self.name in READ_ONLY_CONTROL
 
     @property
-    def is_last_error(self) -> bool:
+    def is_last_error(self) -> bool:  # type: ignore[override]
         return self.name == LAST_ERROR
 
     def attr(self, tree: "Tree") -> Attr:

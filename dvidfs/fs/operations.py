@@ -40,7 +40,7 @@ import pyfuse3
 import trio
 
 from dvidfs.core import Change
-from dvidfs.errors import DvidfsError, InvalidInputError, ReadOnlyError
+from dvidfs.errors import DvidfsError, InvalidInputError, NotFoundError, ReadOnlyError
 from dvidfs.fs.entry import NOW, ON_CLOSE, Attr, Entry
 from dvidfs.fs.nodes import CTRL_DIR, ROOT, ControlDir
 from dvidfs.fs.tree import Tree
@@ -64,7 +64,12 @@ class Scratch:
 
 
 class ScratchEntry(Entry):
-    """Names the inode of a temporary file (Scratch) in a slice directory."""
+    """Names the inode of a temporary file (Scratch) in a slice directory.
+    Its attributes come from the Scratch while it exists; once it is renamed
+    onto a slice or unlinked, the inode is gone (an open fd keeps its data)."""
+
+    def attr(self, tree: Tree) -> Attr:
+        raise NotFoundError("the temporary file was renamed or removed")
 
 
 SCRATCH = ScratchEntry()
@@ -78,6 +83,7 @@ class Handle:
     writing: bool = False
     dirty: bool = False
     loading: trio.Lock | None = None
+    scratch: Scratch | None = None  # a temp file's data: kept by the handle, as POSIX keeps an unlinked file's
 
 
 class DvidOperations(pyfuse3.Operations):
@@ -196,7 +202,7 @@ class DvidOperations(pyfuse3.Operations):
             return self._attrs(ino, Attr("file", 0, True, time.time(), False))
         # body files' sizes need a sparsevol computed (then cached): worker thread
         a = await self._run(self.tree.attr, e) if e.slow_attr else self._inline(self.tree.attr, e)
-        if getattr(e, "is_last_error", False):
+        if e.is_last_error:
             a.size = len(self._last_error_bytes(e.uuid))
             return self._attrs(ino, a, volatile=True)
         return self._attrs(ino, a)
@@ -347,16 +353,16 @@ class DvidOperations(pyfuse3.Operations):
             if flags & os.O_TRUNC:
                 s.data.clear()
             fh = self._fh()
-            self.handles[fh] = Handle(SCRATCH, inode, writing=True)
+            self.handles[fh] = Handle(SCRATCH, inode, writing=True, scratch=s)
             return pyfuse3.FileInfo(fh=fh, direct_io=True)
         e = self._entry(inode)
         want_write = (flags & os.O_ACCMODE) != os.O_RDONLY
         fh = self._fh()
         locked = e.locked
         if e.write_mode == NOW:
-            if want_write and getattr(e, "read_only", False):
+            if want_write and e.read_only:
                 raise pyfuse3.FUSEError(errno.EACCES)
-            data = self._last_error_bytes(e.uuid) if getattr(e, "is_last_error", False) else \
+            data = self._last_error_bytes(e.uuid) if e.is_last_error else \
                 await self._run(self.tree.read, e)
             self.handles[fh] = Handle(e, inode, data, writing=want_write)
             # control files change under the reader: always come to us
@@ -393,8 +399,8 @@ class DvidOperations(pyfuse3.Operations):
 
     async def read(self, fh, off, size):
         h = self.handles[fh]
-        if h.entry is SCRATCH:
-            return bytes(self.scratch[self.scratch_ino[h.ino]].data[off:off + size])
+        if h.scratch is not None:
+            return bytes(h.scratch.data[off:off + size])
         if h.data is None:
             async with h.loading:  # concurrent reads of one handle render once
                 if h.data is None:
@@ -403,8 +409,8 @@ class DvidOperations(pyfuse3.Operations):
 
     async def write(self, fh, off, buf):
         h = self.handles[fh]
-        if h.entry is SCRATCH:
-            s = self.scratch[self.scratch_ino[h.ino]]
+        if h.scratch is not None:
+            s = h.scratch
             _put(s.data, off, buf)
             s.mtime = time.time()
             return len(buf)
@@ -439,6 +445,8 @@ class DvidOperations(pyfuse3.Operations):
         try:
             result = await trio.to_thread.run_sync(self.tree.upload, e, bytes(h.data))
         except DvidfsError as exc:
+            if e in self.pending_slices and h.ino in self.parent_of:  # created, never stored: no name
+                pyfuse3.invalidate_entry_async(*self.parent_of[h.ino], ignore_enoent=True)
             raise self._fail(e.uuid, f"write {e.describe()}", exc) from exc
         finally:
             self.pending_slices.discard(e)
@@ -497,7 +505,7 @@ class DvidOperations(pyfuse3.Operations):
                     mode=mode & 0o777)
         self.scratch[(parent, sname)] = s
         self.scratch_ino[s.ino] = (parent, sname)
-        self.handles[fh] = Handle(SCRATCH, s.ino, writing=True)
+        self.handles[fh] = Handle(SCRATCH, s.ino, writing=True, scratch=s)
         return pyfuse3.FileInfo(fh=fh, direct_io=True), self._scratch_attrs(s)
 
     async def rename(self, parent_old, name_old, parent_new, name_new, flags, ctx):

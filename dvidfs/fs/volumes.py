@@ -62,6 +62,12 @@ def plane_formats(dtype: np.dtype) -> dict[str, SliceFormat]:
     return {**{p: LABEL_TIFF for p in PLANES}, **{p + RGB: LABEL_RGB for p in PLANES}}
 
 
+def _inside(ext, plane_dir: str, coord: int) -> bool:
+    """Slice `coord` of a plane directory ("xz", "xz-rgb") exists within the extents."""
+    fixed = PLANE[plane_dir[:2]].fixed
+    return ext is not None and ext.lo[fixed] <= coord < ext.hi[fixed]
+
+
 def volume_children(inst: Entry, tree: "Tree") -> list[tuple[str, Entry]]:
     return [(p, inst.child(PlaneDir, plane=p)) for p in plane_formats(inst.obj.dtype)]
 
@@ -87,9 +93,7 @@ class PlaneDir(DirEntry):
         return self.slice_entry(coord)
 
     def _has(self, tree: "Tree", coord: int) -> bool:
-        ext = tree.extents(self)
-        fixed = self.axes.fixed
-        return ext is not None and ext.lo[fixed] <= coord < ext.hi[fixed]
+        return _inside(tree.extents(self), self.plane, coord)
 
     def list(self, tree: "Tree") -> list[tuple[str, Entry, Attr]]:
         ext = tree.extents(self)
@@ -110,8 +114,8 @@ class Slice(Entry):
 
     def attr(self, tree: "Tree") -> Attr:
         ext = tree.extents(self)
-        if ext is None:
-            raise NotFoundError("empty volume")
+        if not _inside(ext, self.plane, self.coord):
+            raise NotFoundError(f"no {self.plane} slice {self.coord}")
         fmt = plane_formats(self.obj.dtype)[self.plane]
         return Attr("file", fmt.size(*PLANE[self.plane[:2]].dims(ext)), not self.locked and fmt.writable,
                     tree.mtime(self.node), self.locked)
