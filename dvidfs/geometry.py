@@ -13,9 +13,12 @@ keep their z, y, x order, so the image is (height, width) for every plane.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 from dvidfs.errors import InvalidInputError
+
+if TYPE_CHECKING:  # annotations only: this module does arithmetic, numpy is the callers'
+    import numpy as np
 
 XYZ = tuple[int, int, int]
 INT32_MIN, INT32_MAX = -2**31, 2**31 - 1
@@ -31,17 +34,17 @@ class Plane:
     width: int
     height: int
 
-    def take(self, arr: "np.ndarray", i: int) -> "np.ndarray":  # noqa: F821
+    def take(self, arr: "np.ndarray", i: int) -> "np.ndarray":
         """Plane i along the fixed axis of a [z, y, x] array, as a 2-D (height, width) view."""
         index: list = [slice(None)] * 3
         index[2 - self.fixed] = i
         return arr[tuple(index)]
 
-    def to_image(self, vol: "np.ndarray") -> "np.ndarray":  # noqa: F821
+    def to_image(self, vol: "np.ndarray") -> "np.ndarray":
         """A [z, y, x] array one voxel thick along the fixed axis -> 2-D (height, width)."""
         return self.take(vol, 0)
 
-    def to_volume(self, img: "np.ndarray") -> "np.ndarray":  # noqa: F821
+    def to_volume(self, img: "np.ndarray") -> "np.ndarray":
         """Inverse of `to_image`: a (height, width) image as a one-voxel-thick [z, y, x] array."""
         return img.reshape(self.volume_shape(img.shape[1], img.shape[0]))
 

@@ -362,3 +362,31 @@ def test_sigterm_unmounts_cleanly(tmp_path):
         assert not is_mounted(tmp_path / "mnt")
     # the store is usable again by another process
     assert dvidfs("-s", tmp_path / "store", "log", "em").returncode == 0
+
+
+def test_background_mount_passes_its_tuning_flags(tmp_path):
+    """`dvidfs mount` (background) hands its flags to the mount process; a bad
+    value is one line on stderr and mounts nothing."""
+    vol = _volume()
+    uuid = _make_store(tmp_path / "store", vol)
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    r = dvidfs("mount", "--render-threads", "0", tmp_path / "store", mnt, check=False)
+    assert r.returncode == 1 and r.stderr.count("\n") == 1 and "at least 1" in r.stderr
+    assert not is_mounted(mnt)
+    dvidfs("mount", "--render-threads", "2", "--readahead", "0", "--render-cache", "8M",
+           tmp_path / "store", mnt)
+    try:
+        marker = json.loads((tmp_path / "store" / "mounted-at.json").read_text())
+        with open(f"/proc/{marker['pid']}/cmdline", "rb") as f:
+            argv = f.read().split(b"\0")
+        for flag, value in ((b"--render-threads", b"2"), (b"--readahead", b"0"),
+                            (b"--render-cache", str(8 << 20).encode())):
+            assert argv[argv.index(flag) + 1] == value
+        np.testing.assert_array_equal(_png(mnt / f"em/{uuid}/gray/xy/{OFFSET[2] + 3:05d}.png"),
+                                      _slice(vol, "xy", OFFSET[2] + 3))
+    finally:
+        dvidfs("umount", mnt, check=False)
+        if is_mounted(mnt):
+            subprocess.run(["fusermount3", "-u", "-z", str(mnt)], capture_output=True)
+    assert not is_mounted(mnt)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from dvidfs.data.volume import BlockVolume, _describe_block
+from dvidfs.data.volume import BlockVolume, describe_block
 from dvidfs.errors import InvalidInputError
 from dvidfs.store import keys
 from dvidfs.store.values import LZ4, decode_value, encode_value
@@ -20,7 +20,7 @@ class Grayscale(BlockVolume):
     block_class = keys.CLASS_GRAY_BLOCK
     default_block = 32
     native_values = True  # slices and reads decode + copy in dvidfs.formats.blockcopy
-    key_descriptions = {keys.CLASS_GRAY_BLOCK: _describe_block}
+    key_descriptions = {keys.CLASS_GRAY_BLOCK: describe_block}
 
     def encode_block(self, block: np.ndarray) -> bytes:
         return encode_value(np.ascontiguousarray(block).tobytes(), LZ4)

@@ -30,7 +30,7 @@ import numpy as np
 
 from dvidfs.geometry import PLANE_OF_AXIS, XYZ, Box
 from dvidfs.data.labelindex import LabelIndex, pack_block, unpack_block
-from dvidfs.data.volume import BlockVolume, _describe_block
+from dvidfs.data.volume import BlockVolume, describe_block
 from dvidfs.errors import ConflictError, InvalidInputError, NotFoundError
 from dvidfs.formats.labelblock import decode_label_block, decode_label_plane_fast, encode_label_block
 from dvidfs.formats import sparsevol as sv
@@ -111,7 +111,7 @@ class Labels(BlockVolume):
     offers = BlockVolume.offers | {"bodies"}
     merge_rules = {**BlockVolume.merge_rules, keys.CLASS_MAX_LABEL: _merge_max,
                    keys.CLASS_LABEL_INDEX: _merge_index}
-    key_descriptions = {keys.CLASS_LABEL_BLOCK: _describe_block}
+    key_descriptions = {keys.CLASS_LABEL_BLOCK: describe_block}
 
     def __init__(self, ctx, inst):
         super().__init__(ctx, inst)

@@ -28,7 +28,7 @@ from dvidfs.store.engine import Batch, Reader
 from dvidfs.store.versioned import VersionView
 from dvidfs.data.types import DataType, TypeContext
 from dvidfs.versions.model import Instance, Node
-from dvidfs.geometry import PLANE, PLANE_OF_AXIS, XYZ, BlockGrid, Box, plane
+from dvidfs.geometry import PLANE_OF_AXIS, XYZ, BlockGrid, Box, plane
 
 EXTENTS_TKEY = keys.tkey(keys.CLASS_EXTENTS)
 # Blocks per native call: large enough to amortise the GIL hand-over, small
@@ -55,7 +55,8 @@ def _box_to_json(b: Box) -> bytes:
     return json.dumps({"MinPoint": list(b.lo), "MaxPoint": [h - 1 for h in b.hi]}).encode()
 
 
-def _describe_block(tk: bytes) -> str:
+def describe_block(tk: bytes) -> str:
+    """A block TKey for people (merge conflict messages)."""
     x, y, z = keys.parse_izyx(tk[-12:])  # label blocks have a scale byte before IZYX
     return f"block ({x},{y},{z})"
 
@@ -424,7 +425,7 @@ class BlockVolume(DataType):
             versioned.put(batch, self.inst.id, EXTENTS_TKEY, node.version_id, _box_to_json(grown))
 
     def write_slice(self, node: Node, name: str, coord: int, img: np.ndarray) -> None:
-        """Store a 2-D image as slice `coord` of `plane`.  The image must cover the
+        """Store a 2-D image as slice `coord` of plane `name`.  The image must cover the
         plane across the current extents (it is placed at their min corner); in an
         empty volume it starts at the origin and sets the extents."""
         p = plane(name)
