@@ -65,3 +65,16 @@ class StoreBusyError(DvidfsError):
 
     errno = errno.EBUSY
 
+
+
+class NoSpaceError(DvidfsError):
+    """The store's disk is full: the write was not applied (nothing half-applied)."""
+
+    errno = errno.ENOSPC
+
+
+class TooLargeError(DvidfsError):
+    """More data than the target can hold (a slice file bigger than any image of
+    its plane, a split bigger than its body): refused before it is buffered."""
+
+    errno = errno.EFBIG
