@@ -741,19 +741,20 @@ async def test_ops_opendir_lists_in_coordinate_order(gw):
     try:
         plane_ino = await ino_at(ops, "em", w.node.uuid, "gray", "xy")
         fh = await ops.opendir(plane_ino, None)
-        items = ops.dir_handles[fh]
+        items = [(n.decode(), a.st_ino, a) for n, a, _ in ops.dir_entries(fh)]
         want = [f"{c:05d}.png" for c in coord_range(GOFF, GSHAPE, "xy")]
         assert [n for n, _, _ in items] == want
         first_ino = await ino_at(ops, "em", w.node.uuid, "gray", "xy", want[0])
         assert items[0][1] == first_ino                     # listing and lookup agree on inodes
         assert len({ino for _, ino, _ in items}) == len(items)
+        assert [n.decode() for n, _, _ in ops.dir_entries(fh, 3)] == want[3:]  # readdir offsets resume
         data = await read_all(ops, items[-1][1])
-        assert items[-1][2].size == len(data)
+        assert items[-1][2].st_size == len(data)
         np.testing.assert_array_equal(decode_png(data, "L"), w.vol[-1])
         await ops.releasedir(fh)
         assert fh not in ops.dir_handles
         node_fh = await ops.opendir(await ino_at(ops, "em", w.node.uuid), None)
-        assert [n for n, _, _ in ops.dir_handles[node_fh]] == [".dvid", "gray"]
+        assert [n for n, _, _ in ops.dir_entries(node_fh)] == [b".dvid", b"gray"]
         await ops.releasedir(node_fh)
     finally:
         ops.close()
@@ -918,7 +919,7 @@ async def test_ops_rsync_temp_file_rename(gw):
         assert a.st_ino == attrs.st_ino and a.st_size == len(data) and a.attr_timeout == 0
         assert await read_all(ops, a.st_ino) == data
         fh = await ops.opendir(plane_ino, None)
-        listed = [n for n, _, _ in ops.dir_handles[fh]]
+        listed = [n.decode() for n, _, _ in ops.dir_entries(fh)]
         await ops.releasedir(fh)
         assert listed[-1] == ".00005.png.XyZ" and len(listed) == GSHAPE[0] + 1
         await ops.rename(plane_ino, b".00005.png.XyZ", plane_ino, b"00005.png", 0, None)
@@ -928,7 +929,7 @@ async def test_ops_rsync_temp_file_rename(gw):
         assert fuse_errno(ei) == errno.ENOENT
         fh = await ops.opendir(plane_ino, None)
         want = [f"{c:05d}.png" for c in coord_range(GOFF, GSHAPE, "xy")]
-        assert [n for n, _, _ in ops.dir_handles[fh]] == want
+        assert [n.decode() for n, _, _ in ops.dir_entries(fh)] == want
         await ops.releasedir(fh)
         stored = await read_all(ops, await ino_at(ops, "em", w.node.uuid, "gray", "xy", "00005.png"))
         np.testing.assert_array_equal(decode_png(stored, "L"), img)

@@ -46,7 +46,10 @@ MAXLABEL_TKEY = keys.tkey(keys.CLASS_MAX_LABEL)
 
 
 def _u64_tkey(cls: int, v: int) -> bytes:
-    return keys.tkey(cls, _U64.pack(int(v)))
+    v = int(v)
+    if not 0 <= v < 2**64:
+        raise InvalidInputError(f"label {v} is outside DVID's uint64 range")
+    return keys.tkey(cls, _U64.pack(v))
 
 
 def _merge_max(ctx) -> bytes | None:
@@ -262,6 +265,7 @@ class Labels(BlockVolume):
     def begin_stage(self, reader: Reader, view: VersionView) -> None:
         self._deltas = []
         self._max_written = 0
+        self._mapping_changed = False  # a failed batch's merge left nothing to forget
 
     def stage_block(self, batch: Batch, node: Node, bcoord: XYZ, old, new) -> None:
         if old is not None and np.array_equal(old, new):
@@ -371,10 +375,19 @@ class Labels(BlockVolume):
         if not len(runs):
             raise InvalidInputError("the split sparsevol has no voxels")
         runs = sv.merge_runs(runs)
+        # Bound the work by the body before any block is touched or the lock taken:
+        # a 28-byte sparsevol can name 2**31 voxels.
+        voxels = int(runs[:, 3].astype(np.int64).sum())
+        size = self.size(self.db.view(node), body)
+        if voxels > size:
+            raise InvalidInputError(f"split refused: the sparsevol has {voxels} voxels but body {body} "
+                                    f"has {size}; nothing was changed")
         with self.staged_write(node) as (batch, snap, view):
             self.require_index(view, body, snap)
             mapping = self.mapping(view, snap)
             new_id = max(self.max_label(view, snap), self.repo_max_label()) + 1
+            if new_id >= 2**64:
+                raise InvalidInputError("split refused: every uint64 label id is taken; nothing was changed")
             cut = 0
             for bcoord in self._blocks_of_runs(runs):
                 bbox = self.grid.block_box(bcoord)

@@ -185,9 +185,17 @@ def _one_line(exc: BaseException) -> str:
     return text if len(text) <= 200 else text[:197] + "..."
 
 
+# Images larger than this are refused from their header, before any pixel is
+# decoded (a 164 KB PNG can declare gigapixels): 2**28 pixels is 16384² x 1.
+MAX_PIXELS = 1 << 28
+
+
 def _check_shape(kind: str, h: int, w: int, shape: tuple[int, int] | None) -> None:
     if h <= 0 or w <= 0:
         raise InvalidInputError(f"{kind} image is empty ({w}x{h})")
+    if h * w > MAX_PIXELS:
+        raise InvalidInputError(f"{kind} image of {w}x{h} is larger than a slice may be "
+                                f"({MAX_PIXELS} pixels)")
     if shape is not None and (h, w) != tuple(shape):
         raise InvalidInputError(
             f"slice is {w}x{h} but the plane needs {shape[1]}x{shape[0]}")

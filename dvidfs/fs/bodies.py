@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from dvidfs.errors import InvalidInputError, NotFoundError
@@ -23,6 +24,16 @@ if TYPE_CHECKING:
     from dvidfs.fs.tree import Tree
 
 BODY_FILES = ("bbox.json", "blocks.json", "size", "sparsevol", "sparsevol-coarse", "split", "supervoxels")
+_ID_RE = re.compile(r"[0-9]{1,20}")
+MAX_LABEL = 2**64 - 1
+
+
+def parse_label_id(text: str) -> int | None:
+    """A label id written by a person: ASCII digits, 1..2**64-1; else None."""
+    if not _ID_RE.fullmatch(text):
+        return None
+    v = int(text)
+    return v if 0 < v <= MAX_LABEL else None
 
 
 def body_children(inst: Entry, tree: "Tree") -> list[tuple[str, Entry]]:
@@ -32,17 +43,30 @@ def body_children(inst: Entry, tree: "Tree") -> list[tuple[str, Entry]]:
 
 class LabelsDir(DirEntry):
     def lookup(self, tree: "Tree", name: str) -> Entry:
-        if not name.isdigit() or self.obj.index(tree.core.view(self.node), int(name)) is None:
+        body = parse_label_id(name)
+        if body is None or self.obj.index(tree.core.view(self.node), body) is None:
             raise NotFoundError(f"no label {name!r}")
-        return self.child(BodyDir, coord=int(name))
+        return self.child(BodyDir, coord=body)
 
-    def list(self, tree: "Tree") -> list[tuple[str, Entry, Attr]]:
-        a = DirEntry.attr(self, tree)
-        bodies = self.obj.bodies(tree.core.view(self.node)).tolist()
-        return [(str(b), self.child(BodyDir, coord=b), a) for b in bodies]
+    def list(self, tree: "Tree") -> Sequence[tuple[str, Entry, Attr]]:
+        return _BodyListing(self, self.obj.bodies(tree.core.view(self.node)), DirEntry.attr(self, tree))
 
     def describe(self) -> str:
         return f"{self.data}/labels"
+
+
+class _BodyListing(Sequence):
+    """Body directories made as they are read (the ids come from one keys-only scan)."""
+
+    def __init__(self, labels_dir: LabelsDir, ids, attr: Attr):
+        self.labels_dir, self.ids, self.attr = labels_dir, ids, attr
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, i):
+        b = int(self.ids[i])
+        return str(b), self.labels_dir.child(BodyDir, coord=b), self.attr
 
 
 class BodyDir(DirEntry):
@@ -94,6 +118,11 @@ class BodyFile(Entry):
     def read(self, tree: "Tree") -> bytes:
         return _RENDER[self.name](self.obj, tree.core.view(self.node), self.coord)
 
+    def upload_limit(self, tree: "Tree") -> int:
+        """A split's sparsevol has at most one run per voxel of the body (16 bytes
+        a run after a 12-byte header): anything larger cannot be a valid split."""
+        return 12 + 16 * self.obj.size(tree.core.view(self.node), self.coord)
+
     def upload(self, tree: "Tree", data: bytes) -> str:
         if self.name != "split":
             raise InvalidInputError("this file is read-only")
@@ -114,10 +143,12 @@ class MergeFile(Entry):
         return b""
 
     def control(self, tree: "Tree", text: str) -> str:
-        ids = re.split(r"[\s,]+", text)
-        if len(ids) < 2 or not all(i.isdigit() for i in ids):
-            raise InvalidInputError("write 'TARGET LABEL [LABEL…]' (decimal ids) to merge labels into TARGET")
-        rec = self.obj.merge(self.node, int(ids[0]), [int(i) for i in ids[1:]])
+        words = [w for w in re.split(r"[\s,]+", text) if w]
+        ids = [parse_label_id(w) for w in words]
+        if len(ids) < 2 or None in ids:
+            raise InvalidInputError("write 'TARGET LABEL [LABEL…]' (decimal ids 1..2^64-1) to merge "
+                                    "labels into TARGET")
+        rec = self.obj.merge(self.node, ids[0], ids[1:])
         return f"merged {ids[1:]} into {ids[0]} (mutation {rec['MutationID']})"
 
 

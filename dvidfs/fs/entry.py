@@ -63,6 +63,7 @@ class Entry:
     slow_attr: ClassVar[bool] = False       # its size needs real work: stat it in a worker thread
     starts_with_content: ClassVar[bool] = False  # opened for writing without O_TRUNC: holds its content
     read_only: ClassVar[bool] = False       # a NOW file that takes no writes (info.json, last-error)
+    multiline: ClassVar[bool] = False       # a NOW file whose text acts at close, not at each newline
     is_last_error: ClassVar[bool] = False   # served by the operations layer, which keeps the messages
 
     # ------------------------------------------------------------ building
@@ -109,6 +110,11 @@ class Entry:
     def upload(self, tree: "Tree", data: bytes) -> str:
         """Content written to an ON_CLOSE file, at close; all-or-nothing."""
         raise InvalidInputError("this file is read-only")
+
+    def upload_limit(self, tree: "Tree") -> int:
+        """The most bytes an ON_CLOSE file may be given (EFBIG beyond): known
+        before anything is buffered."""
+        return 0
 
     def mkdir(self, tree: "Tree", name: str) -> "Entry":
         if self.locked:

@@ -27,7 +27,7 @@ from dvidfs.core import Dvid
 from dvidfs.errors import DvidfsError, InvalidInputError, StoreBusyError
 from dvidfs.fs.operations import DvidOperations
 from dvidfs.fs.tree import Tree
-from dvidfs.storedir import MOUNT_LOG
+from dvidfs.storedir import MOUNT_LOG, log_tail, open_log
 
 
 def is_mounted(path: str) -> bool:
@@ -55,28 +55,22 @@ def mount(store_path: str, mountpoint: str, foreground: bool = False, debug: boo
         return
     Dvid(store_path, config=config).close()  # fail fast, in this process, on a missing or busy store
     log_path = os.path.join(store_path, MOUNT_LOG)
-    with open(log_path, "ab") as logf:
+    log_fd = open_log(store_path)  # never through a planted link (dvidfs/storedir.py)
+    try:
         child = subprocess.Popen(
             [sys.executable, "-m", "dvidfs.cli", "mount", "-f", *config.to_args(), store_path, mountpoint],
-            stdin=subprocess.DEVNULL, stdout=logf, stderr=logf, start_new_session=True)
-    deadline = time.time() + 30
-    while time.time() < deadline:
-        if is_mounted(mountpoint):
-            return
-        if child.poll() is not None:
-            raise DvidfsError(f"mount failed: {_last_line(log_path)}")
-        time.sleep(0.05)
-    child.terminate()
-    raise DvidfsError(f"mount did not come up within 30 s (see {log_path})")
-
-
-def _last_line(path: str) -> str:
-    try:
-        with open(path, errors="replace") as f:
-            lines = [l.strip() for l in f if l.strip()]
-        return lines[-1] if lines else "no output"
-    except OSError:
-        return "no output"
+            stdin=subprocess.DEVNULL, stdout=log_fd, stderr=log_fd, start_new_session=True)
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            if is_mounted(mountpoint):
+                return
+            if child.poll() is not None:
+                raise DvidfsError(f"mount failed: {log_tail(log_fd)}")
+            time.sleep(0.05)
+        child.terminate()
+        raise DvidfsError(f"mount did not come up within 30 s (see {log_path})")
+    finally:
+        os.close(log_fd)
 
 
 def run_foreground(store_path: str, mountpoint: str, debug: bool = False,
@@ -90,8 +84,11 @@ def run_foreground(store_path: str, mountpoint: str, debug: bool = False,
     sys.setswitchinterval(config.switch_interval)
     store = Dvid(store_path, config=config)
     ops = DvidOperations(Tree(store))
-    options = set(pyfuse3.default_options)
-    options |= {"fsname=dvidfs", "subtype=dvidfs"}
+    # default_permissions: the kernel checks the mode bits we report.  No
+    # allow_other: only the mounting user may enter the mount, whatever the
+    # modes say (docs/design.md, "Who may access a mount").
+    options = set(pyfuse3.default_options) - {"allow_other", "allow_root"}
+    options |= {"fsname=dvidfs", "subtype=dvidfs", "default_permissions"}
     if debug:
         options.add("debug")
     try:
@@ -99,8 +96,8 @@ def run_foreground(store_path: str, mountpoint: str, debug: bool = False,
     except RuntimeError as exc:
         store.close()
         raise DvidfsError(f"cannot mount {mountpoint}: {exc}") from None
-    store.mark_mounted(mountpoint)
     try:
+        store.mark_mounted(mountpoint)  # inside the try: a refused marker still unmounts
         trio.run(_serve, ops)
     finally:
         pyfuse3.close(unmount=True)

@@ -32,6 +32,7 @@ CONTROL_FILES = {
     "last-error": "read: the last failed write under this node",
 }
 READ_ONLY_CONTROL = frozenset({"info.json", "last-error"})
+MULTILINE_CONTROL = frozenset({"note", "log"})   # act at close on the whole text; others at each newline
 LAST_ERROR = "last-error"
 _PREFIX_RE = re.compile(r"[0-9a-f]{1,31}")
 
@@ -147,6 +148,10 @@ class ControlFile(Entry):
     @property
     def is_last_error(self) -> bool:  # type: ignore[override]
         return self.name == LAST_ERROR
+
+    @property
+    def multiline(self) -> bool:  # type: ignore[override]
+        return self.name in MULTILINE_CONTROL
 
     def attr(self, tree: "Tree") -> Attr:
         return Attr("file", len(self.read(tree)), not self.read_only, self.node.updated, False)

@@ -34,22 +34,24 @@ import os
 import stat
 import time
 from dataclasses import dataclass, field
-from functools import partial
+from collections.abc import Sequence
+from functools import partial, wraps
 
 import pyfuse3
 import trio
 
 from dvidfs.core import Change
-from dvidfs.errors import DvidfsError, InvalidInputError, NotFoundError, ReadOnlyError
+from dvidfs.errors import DvidfsError, InvalidInputError, NotFoundError, ReadOnlyError, TooLargeError
 from dvidfs.fs.entry import NOW, ON_CLOSE, Attr, Entry
 from dvidfs.fs.nodes import CTRL_DIR, ROOT, ControlDir
 from dvidfs.fs.tree import Tree
-from dvidfs.fs.volumes import parse_slice_name
+from dvidfs.fs.volumes import is_temp_name, parse_slice_name
 from dvidfs.timestamps import iso
 
 log = logging.getLogger("dvidfs.fs")
 
 IMMUTABLE_TIMEOUT = 3600.0
+MAX_COMMAND = 1 << 20   # a command file's text (a note, log lines)
 BLKSIZE = 128 * 1024
 
 
@@ -58,6 +60,7 @@ class Scratch:
     """An in-memory temporary file in a slice directory (rsync/editor temp files)."""
 
     ino: int
+    limit: int                      # it must fit a slice of its plane once renamed
     data: bytearray = field(default_factory=bytearray)
     mtime: float = field(default_factory=time.time)
     mode: int = 0o644
@@ -84,6 +87,18 @@ class Handle:
     dirty: bool = False
     loading: trio.Lock | None = None
     scratch: Scratch | None = None  # a temp file's data: kept by the handle, as POSIX keeps an unlinked file's
+    limit: int = 0                  # uploads: the most bytes the target can take (EFBIG beyond)
+    pending: bytearray = field(default_factory=bytearray)  # command files: text not yet acted on
+
+
+@dataclass
+class DirHandle:
+    """An open directory: its listing (a sequence, possibly made lazily) and, in
+    a slice directory, the temporary files after it."""
+
+    ino: int
+    listing: Sequence
+    temps: list[tuple[str, int]]
 
 
 class DvidOperations(pyfuse3.Operations):
@@ -313,26 +328,34 @@ class DvidOperations(pyfuse3.Operations):
     async def opendir(self, inode, ctx):
         e = self._entry(inode)
         listing = await self._run(self.tree.list, e)
-        items = [(n, self._remember(inode, os.fsencode(n), c), a) for n, c, a in listing]
+        temps = []
         if e.accepts_temp_files:  # temp files (rsync, editors) after the slices
-            items += sorted((n, s.ino, None) for (p, n), s in self.scratch.items() if p == e)
+            temps = sorted((n, s.ino) for (p, n), s in self.scratch.items() if p == e)
         fh = self._fh()
-        self.dir_handles[fh] = items
+        self.dir_handles[fh] = DirHandle(inode, listing, temps)
         return fh
 
     async def readdir(self, fh, start_id, token):
-        items = self.dir_handles[fh]
-        for i in range(start_id, len(items)):
-            name, ino, a = items[i]
-            if a is None:
-                sc = self.scratch.get(self.scratch_ino.get(ino, (None, None)))
-                if sc is None:
-                    continue
-                ea = self._scratch_attrs(sc)
-            else:
-                ea = self._attrs(ino, a)
-            if not pyfuse3.readdir_reply(token, os.fsencode(name), ea, i + 1):
+        for name, ea, next_id in self.dir_entries(fh, start_id):
+            if not pyfuse3.readdir_reply(token, name, ea, next_id):
                 return
+
+    def dir_entries(self, fh: int, start_id: int = 0):
+        """(name, attributes, next offset) of an open directory from `start_id` on.
+        Entries are made (and get inodes) as they are read: a listing costs what
+        is read of it, whatever the size of the directory."""
+        d = self.dir_handles[fh]
+        n = len(d.listing)
+        for i in range(start_id, n + len(d.temps)):
+            if i < n:
+                name, child, a = d.listing[i]
+                bname = os.fsencode(name)
+                yield bname, self._attrs(self._remember(d.ino, bname, child), a), i + 1
+            else:
+                name, ino = d.temps[i - n]
+                sc = self.scratch.get(self.scratch_ino.get(ino, (None, None)))
+                if sc is not None:
+                    yield os.fsencode(name), self._scratch_attrs(sc), i + 1
 
     async def releasedir(self, fh):
         self.dir_handles.pop(fh, None)
@@ -373,8 +396,9 @@ class DvidOperations(pyfuse3.Operations):
             if locked:
                 raise self._fail(e.uuid, f"write {e.data}/{e.plane or e.coord}",
                                  ReadOnlyError(f"node {e.uuid} is committed (read-only)"))
+            limit = await self._run(self.tree.upload_limit, e)
             initial = b"" if flags & os.O_TRUNC or not e.starts_with_content else await self._content(e)
-            self.handles[fh] = Handle(e, inode, bytearray(initial), writing=True)
+            self.handles[fh] = Handle(e, inode, bytearray(initial), writing=True, limit=limit)
             return pyfuse3.FileInfo(fh=fh, direct_io=True)
         if locked and e.rendered:
             # A committed node never changes, so the kernel's page cache (keep_cache)
@@ -411,33 +435,60 @@ class DvidOperations(pyfuse3.Operations):
         h = self.handles[fh]
         if h.scratch is not None:
             s = h.scratch
+            self._check_size(h.entry, s.limit, off + len(buf), s.ino)
             _put(s.data, off, buf)
             s.mtime = time.time()
             return len(buf)
         if h.entry.write_mode == NOW:
-            # Control commands act on each write(), so `echo x > commit` gets the errno itself.
-            e = h.entry
-            try:
-                text = bytes(buf).decode("utf-8")
-            except UnicodeDecodeError as exc:
-                raise self._fail(e.uuid, f"{CTRL_DIR}/{e.name}",
-                                 InvalidInputError("control files take UTF-8 text")) from exc
-            try:
-                result = await trio.to_thread.run_sync(self.tree.control, e, text)
-            except DvidfsError as exc:
-                raise self._fail(e.uuid, f"{e.data or CTRL_DIR}/{e.name} {text.strip()!r}", exc) from exc
-            log.info("%s/%s: %s", e.uuid, e.name, result)
-            await self._drain()
+            # A command acts once it is complete: at each newline (so `echo x > commit`
+            # gets the errno from its write), or at close for what is left and for
+            # multi-line texts (note, log).
+            h.pending += buf
+            if len(h.pending) > MAX_COMMAND:
+                h.pending.clear()
+                raise self._fail(h.entry.uuid, f"{CTRL_DIR}/{h.entry.name}",
+                                 TooLargeError(f"a command is at most {MAX_COMMAND} bytes"))
+            if not h.entry.multiline:
+                while b"\n" in h.pending:
+                    line, _, rest = bytes(h.pending).partition(b"\n")
+                    h.pending = bytearray(rest)
+                    await self._command(h.entry, line)
             return len(buf)
         if not h.writing:
             raise pyfuse3.FUSEError(errno.EBADF)
+        self._check_size(h.entry, h.limit, off + len(buf), h.ino)
         _put(h.data, off, buf)
         h.dirty = True
         return len(buf)
 
+    def _check_size(self, e: Entry, limit: int, size: int, ino: int) -> None:
+        """Refuse (EFBIG) before buffering more than the target can hold."""
+        if size > limit:
+            raise self._fail(e.uuid, f"write {e.describe() or ino}",
+                             TooLargeError(f"{size} bytes is more than this file can take ({limit})"))
+
+    async def _command(self, e: Entry, raw: bytes) -> None:
+        """Run one complete command written to a command file."""
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise self._fail(e.uuid, f"{CTRL_DIR}/{e.name}",
+                             InvalidInputError("control files take UTF-8 text")) from None
+        try:
+            result = await trio.to_thread.run_sync(self.tree.control, e, text)
+        except DvidfsError as exc:
+            raise self._fail(e.uuid, f"{e.data or CTRL_DIR}/{e.name} {text.strip()!r}", exc) from exc
+        log.info("%s/%s: %s", e.uuid, e.name, result)
+        await self._drain()
+
     async def flush(self, fh):
-        """Validate and store a written slice; errors reach the writer's close()."""
+        """Run what is left of a command; validate and store a written slice.
+        Errors reach the writer's close()."""
         h = self.handles.get(fh)
+        if h is not None and h.entry.write_mode == NOW and h.pending:
+            raw, h.pending = bytes(h.pending), bytearray()
+            await self._command(h.entry, raw)
+            return
         if h is None or h.entry.write_mode != ON_CLOSE or not h.dirty:
             return
         e = h.entry
@@ -467,6 +518,7 @@ class DvidOperations(pyfuse3.Operations):
         if inode in self.scratch_ino:
             s = self.scratch[self.scratch_ino[inode]]
             if fields.update_size:
+                self._check_size(SCRATCH, s.limit, attr.st_size, inode)
                 del s.data[attr.st_size:]
                 s.data.extend(b"\0" * (attr.st_size - len(s.data)))
             if fields.update_mtime:
@@ -478,7 +530,9 @@ class DvidOperations(pyfuse3.Operations):
         if fields.update_size:
             for h in self.handles.values():
                 if h.ino == inode and h.writing and isinstance(h.data, bytearray):
+                    self._check_size(e, h.limit, attr.st_size, inode)
                     del h.data[attr.st_size:]
+                    h.data.extend(b"\0" * (attr.st_size - len(h.data)))
                     h.dirty = True
         return await self.getattr(inode, ctx)
 
@@ -492,17 +546,23 @@ class DvidOperations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EROFS if parent.locked else errno.EPERM)
         if parent.locked:
             raise self._fail(parent.uuid, f"create {sname}", ReadOnlyError(f"node {parent.uuid} is committed"))
-        coord = parse_slice_name(sname)
+        coord = parse_slice_name(sname, aliases=True)
+        if coord is None and not is_temp_name(sname):
+            # kept nowhere but in memory, it would be lost at unmount: refuse now
+            raise self._fail(parent.uuid, f"create {parent.data}/{parent.plane}/{sname}", InvalidInputError(
+                f"{sname!r} is not a slice name: name slices by coordinate (00012.png, or ImageJ's "
+                f"<name>0012.png); hidden names are temporary files until renamed"))
+        limit = await self._run(self.tree.upload_limit, parent)
         fh = self._fh()
         if coord is not None:
             e = parent.slice_entry(coord)
             ino = self._remember(parent_inode, name, e)
             self.pending_slices.add(e)
-            self.handles[fh] = Handle(e, ino, bytearray(), writing=True)
+            self.handles[fh] = Handle(e, ino, bytearray(), writing=True, limit=limit)
             return pyfuse3.FileInfo(fh=fh, direct_io=True), self._attrs(ino, Attr("file", 0, True, time.time(), False))
         s = Scratch(ino=self._ino(ScratchEntry(uuid=parent.uuid, data=parent.data,
                                                plane=parent.plane, name=f"{self._next_ino}:{sname}")),
-                    mode=mode & 0o777)
+                    limit=limit, mode=mode & 0o777)
         self.scratch[(parent, sname)] = s
         self.scratch_ino[s.ino] = (parent, sname)
         self.handles[fh] = Handle(SCRATCH, s.ino, writing=True, scratch=s)
@@ -514,7 +574,10 @@ class DvidOperations(pyfuse3.Operations):
         s = self.scratch.get((pold, old)) if pold.accepts_temp_files else None
         if s is None or pnew != pold:
             raise pyfuse3.FUSEError(errno.EROFS if pold.locked else errno.EPERM)
-        coord = parse_slice_name(new)
+        coord = parse_slice_name(new, aliases=True)
+        if coord is None and not is_temp_name(new):
+            raise self._fail(pold.uuid, f"rename {old} -> {new}",
+                             InvalidInputError(f"{new!r} is not a slice name"))
         if coord is None:  # temp -> temp: just a new name
             self.scratch.pop((pold, old))
             self.scratch[(pnew, new)] = s
@@ -555,6 +618,34 @@ class DvidOperations(pyfuse3.Operations):
 
     async def forget(self, inode_list):
         pass  # inode numbers stay stable for the life of the mount (entries are tiny)
+
+
+def _never_escape(handler):
+    """Whatever goes wrong in a handler is an errno for that one request: an
+    exception escaping pyfuse3's main loop would end the mount for everyone
+    (an id of 2**64, a Unicode digit, a full disk).  Our own errors carry their
+    errno; OSErrors theirs; anything else is a bug, logged and answered EIO."""
+    @wraps(handler)
+    async def guarded(self, *args, **kwargs):
+        try:
+            return await handler(self, *args, **kwargs)
+        except pyfuse3.FUSEError:
+            raise
+        except DvidfsError as exc:
+            raise pyfuse3.FUSEError(exc.errno) from exc
+        except OSError as exc:
+            log.warning("%s: %s", handler.__name__, exc)
+            raise pyfuse3.FUSEError(exc.errno or errno.EIO) from exc
+        except Exception as exc:
+            log.exception("%s failed; answered EIO (a bug: please report it)", handler.__name__)
+            raise pyfuse3.FUSEError(errno.EIO) from exc
+    return guarded
+
+
+for _name in ("lookup", "getattr", "readlink", "opendir", "readdir", "releasedir", "statfs", "open",
+              "read", "write", "flush", "release", "fsync", "setattr", "create", "rename", "unlink",
+              "rmdir", "mkdir", "forget"):
+    setattr(DvidOperations, _name, _never_escape(getattr(DvidOperations, _name)))
 
 
 def _invalidate_inodes(inos: list[int]) -> None:

@@ -89,6 +89,9 @@ class Tree:
             raise ReadOnlyError(f"node {e.uuid} is committed (read-only)")
         return e.upload(self, data)
 
+    def upload_limit(self, e: Entry) -> int:
+        return e.upload_limit(self)
+
     def control(self, e: Entry, text: str) -> str:
         """Run a text command written to a control file; returns what happened."""
         return e.control(self, text.strip())

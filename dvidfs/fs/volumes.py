@@ -6,13 +6,24 @@
 
 Slice names are the coordinate zero-padded to SLICE_WIDTH digits, so `ls` and
 Fiji sort non-negative coordinates numerically; directories list them in
-coordinate order.  Sizes are formulas of width and height (stored-deflate PNG,
+coordinate order, streamed (a listing costs what is read of it, whatever the
+extents).  Sizes are formulas of width and height (stored-deflate PNG,
 uncompressed TIFF): `ls -l` encodes nothing.
+
+Names written into a plane directory (`SliceName`):
+  * `00012.png`, `12.png`, `-0004.tif`: slice 12, slice -4 (ASCII digits, int32);
+  * `<prefix><digits>.png|tif` with a prefix of letters first, e.g. ImageJ's
+    *Save As > Image Sequence* `xy0012.png`: slice 12 too;
+  * a hidden name (`.00012.png.Ab12Cd`, rsync's and editors' temporary files):
+    kept in memory until renamed onto a slice name, which stores it; a temporary
+    file never renamed is gone at unmount, like the temp files of a failed rsync;
+  * anything else is refused at create (EINVAL): nothing is kept in memory only.
 """
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Callable
 
 import numpy as np
@@ -26,18 +37,34 @@ from dvidfs.geometry import PLANE, PLANES
 if TYPE_CHECKING:
     from dvidfs.fs.tree import Tree
 
-SLICE_RE = re.compile(r"^(-?\d+)\.(png|tif|tiff)$")
+SLICE_RE = re.compile(r"(-?[0-9]{1,10})\.(png|tif|tiff)")
+ALIAS_RE = re.compile(r"[A-Za-z][A-Za-z0-9_ +-]*?([0-9]{1,10})\.(png|tif|tiff)")   # ImageJ's xy0012.png
 SLICE_WIDTH = 5
 RGB = "-rgb"
+COORD_MIN, COORD_MAX = -2**31, 2**31 - 1   # DVID's int32 coordinates
+# An upload may be larger than our stored-deflate rendering of the same image
+# (other encoders add chunks, metadata, worse filters), never this much larger.
+UPLOAD_SLACK, UPLOAD_FIXED = 2, 1 << 20
+FIRST_SLICE_LIMIT = 256 << 20   # an empty volume: no plane size known yet
 
 
 def slice_name(coord: int, ext: str) -> str:
     return f"{coord:0{SLICE_WIDTH}d}.{ext}"
 
 
-def parse_slice_name(name: str) -> int | None:
-    m = SLICE_RE.match(name)
-    return int(m.group(1)) if m else None
+def parse_slice_name(name: str, aliases: bool = False) -> int | None:
+    """The coordinate a slice file name stands for, or None.  ASCII digits only,
+    within int32; `aliases` also takes ImageJ's `<prefix><digits>.png`."""
+    m = SLICE_RE.fullmatch(name) or (ALIAS_RE.fullmatch(name) if aliases else None)
+    if m is None:
+        return None
+    coord = int(m.group(1))
+    return coord if COORD_MIN <= coord <= COORD_MAX else None
+
+
+def is_temp_name(name: str) -> bool:
+    """Names kept as in-memory temporary files until renamed (rsync, editors)."""
+    return name.startswith(".") and name not in (".", "..")
 
 
 @dataclass(frozen=True)
@@ -87,7 +114,7 @@ class PlaneDir(DirEntry):
         return self.child(Slice, coord=coord)
 
     def lookup(self, tree: "Tree", name: str) -> Entry:
-        coord = parse_slice_name(name)
+        coord = parse_slice_name(name, aliases=True)
         if coord is None or not self._has(tree, coord):
             raise NotFoundError(f"no slice {name!r}")
         return self.slice_entry(coord)
@@ -95,7 +122,7 @@ class PlaneDir(DirEntry):
     def _has(self, tree: "Tree", coord: int) -> bool:
         return _inside(tree.extents(self), self.plane, coord)
 
-    def list(self, tree: "Tree") -> list[tuple[str, Entry, Attr]]:
+    def list(self, tree: "Tree") -> Sequence[tuple[str, Entry, Attr]]:
         ext = tree.extents(self)
         if ext is None:
             return []
@@ -104,7 +131,29 @@ class PlaneDir(DirEntry):
                     tree.mtime(self.node), self.locked)
         # Coordinate order (not name order): `ls -U`, `find`, os.listdir and
         # Fiji's virtual stack see slices in order even where names are negative.
-        return [(slice_name(c, fmt.ext), self.slice_entry(c), attr) for c in range(ext.lo[fixed], ext.hi[fixed])]
+        return _SliceListing(self, range(ext.lo[fixed], ext.hi[fixed]), fmt.ext, attr)
+
+    def upload_limit(self, tree: "Tree") -> int:
+        """The most bytes a slice file (or a temp file renamed onto one) may take."""
+        ext = tree.extents(self)
+        if ext is None:
+            return FIRST_SLICE_LIMIT
+        return UPLOAD_SLACK * self.format.size(*self.axes.dims(ext)) + UPLOAD_FIXED
+
+
+class _SliceListing(Sequence):
+    """The slices of a plane directory, made as they are read: `ls | head`
+    of a plane spanning 10⁹ slices costs what `head` reads."""
+
+    def __init__(self, plane_dir: PlaneDir, coords: range, ext: str, attr: Attr):
+        self.plane_dir, self.coords, self.ext, self.attr = plane_dir, coords, ext, attr
+
+    def __len__(self) -> int:
+        return len(self.coords)
+
+    def __getitem__(self, i):
+        c = self.coords[i]
+        return slice_name(c, self.ext), self.plane_dir.slice_entry(c), self.attr
 
 
 class Slice(Entry):
@@ -124,11 +173,19 @@ class Slice(Entry):
         img = tree.core.read_slice(self.node, self.obj, self.plane[:2], self.coord)
         return plane_formats(self.obj.dtype)[self.plane].encode(img)
 
+    def upload_limit(self, tree: "Tree") -> int:
+        return self.child(PlaneDir).upload_limit(tree)
+
     def upload(self, tree: "Tree", data: bytes) -> str:
         if not plane_formats(self.obj.dtype)[self.plane].writable:
             raise InvalidInputError(f"{self.plane} shows colours; write uint64 TIFF slices to "
                                     f"{self.plane[:2]}/ instead")
-        img = decode_image(bytes(data), self.obj.dtype)
+        ext = tree.extents(self)
+        shape = None
+        if ext is not None:  # checked from the file's header, before any pixel is decoded
+            w, h = PLANE[self.plane[:2]].dims(ext)
+            shape = (h, w)
+        img = decode_image(bytes(data), self.obj.dtype, shape)
         self.obj.write_slice(self.node, self.plane[:2], self.coord, img)
         return f"wrote {self.plane} slice {self.coord}"
 

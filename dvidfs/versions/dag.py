@@ -6,8 +6,17 @@ write O(1) records and never touch voxel data.
 
 Concurrency: every mutating call takes `self.lock` (an RLock shared with the
 data types' writers), so "check the node is open, then write" cannot race a
-commit.  Reads of the in-memory records need no lock: records are replaced,
-never mutated, outside the lock.
+commit.  Reads of the in-memory records need no lock: a record's fields are
+replaced (a new list or dict), never changed in place.
+
+Failed writes: memory changes only after the batch is applied.  A mutation
+stages *copies* of the records it changes (`dataclasses.replace`, new lists),
+applies the batch, and only then copies the new field values onto the live
+`Node` / `Repo` objects (`_adopt`: other code keeps references to them, e.g.
+the mount reads `node.locked` later) and registers new nodes.  So when
+`engine.apply` raises (a full disk: `NoSpaceError`) memory still equals the
+store, and the operation can simply be retried.  Counters (`_next_id`) live
+in the store alone, so a failed batch leaves them as they were too.
 """
 from __future__ import annotations
 
@@ -15,7 +24,7 @@ import json
 import re
 import struct
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from typing import Callable, Iterable, Protocol
 
 from dvidfs.errors import (AmbiguousError, ConflictError, ExistsError, InvalidInputError,
@@ -208,7 +217,10 @@ class VersionDB:
             batch.put(keys.meta_key("node:" + obj.uuid), json.dumps(obj.to_json()).encode())
 
     def _add_node(self, batch: Batch, repo: Repo, parents: list[Node], branch: str, note: str,
-                  uuid: str | None) -> Node:
+                  uuid: str | None) -> tuple[Node, list[Node]]:
+        """Stage a new node and its parents' new `children`: returns the node
+        (not registered yet) and staged copies of the parents, for `_link`
+        once the batch is applied.  Nothing in memory changes here."""
         uid = (uuid or new_uuid()).lower()
         if not UUID_RE.match(uid):
             raise InvalidInputError(f"{uid!r} is not a UUID (32 lowercase hex characters)")
@@ -216,12 +228,18 @@ class VersionDB:
             raise ExistsError(f"node {uid} already exists")
         node = Node(uuid=uid, version_id=self._next_id(batch, "version"), repo=repo.root,
                     branch=branch, note=note, parents=[p.uuid for p in parents])
-        for p in parents:
-            p.children.append(uid)
-            p.updated = now()
+        staged = [replace(p, children=[*p.children, uid], updated=now()) for p in parents]
+        for p in staged:
             self._save(batch, p)
         self._save(batch, node)
-        return node
+        return node, staged
+
+    def _link(self, node: Node, parents: list[Node], staged: list[Node]) -> None:
+        """After the batch of `_add_node` was applied: the live parents take their
+        staged records and the node is registered."""
+        for p, s in zip(parents, staged):
+            _adopt(p, s)
+        self._register(node)
 
     def _register(self, node: Node) -> None:
         self.nodes[node.uuid] = node
@@ -236,8 +254,9 @@ class VersionDB:
             if any(r.alias == alias for r in self.repos.values()):
                 raise ExistsError(f"a repo named {alias!r} already exists")
             batch = Batch()
+            # both records are new objects: nothing in memory changes until the apply succeeds
             repo = Repo(root="", alias=alias, description=description)
-            node = self._add_node(batch, repo, [], "", "root", root)
+            node, _ = self._add_node(batch, repo, [], "", "root", root)
             node.repo = repo.root = node.uuid
             self._save(batch, node)
             self._save(batch, repo)
@@ -250,15 +269,9 @@ class VersionDB:
         with self.lock:
             if node.locked:
                 raise ReadOnlyError(f"node {node.uuid} is already committed")
-            node.locked = True
-            if note:
-                node.note = note
-            node.log.extend(log)
-            node.updated = now()
-            batch = Batch()
-            self._save(batch, node)
-            self.engine.apply(batch, sync=True)
-            return node
+            staged = replace(node, locked=True, note=note or node.note,
+                             log=[*node.log, *log], updated=now())
+            return self._save_node(node, staged)
 
     def branch(self, parent: Node, name: str | None = None, note: str = "",
                uuid: str | None = None) -> Node:
@@ -282,9 +295,9 @@ class VersionDB:
                     raise ExistsError(f"branch {name!r} already exists in repo {repo.alias!r}")
                 branch = name
             batch = Batch()
-            node = self._add_node(batch, repo, [parent], branch, note, uuid)
+            node, staged = self._add_node(batch, repo, [parent], branch, note, uuid)
             self.engine.apply(batch, sync=True)
-            self._register(node)
+            self._link(node, [parent], staged)
             return node
 
     def merge(self, parents: list[Node], note: str = "", uuid: str | None = None,
@@ -312,14 +325,14 @@ class VersionDB:
                                     f"more than one side: " + "; ".join(shown) + more)
             repo = self.repos[parents[0].repo]
             batch = Batch()
-            node = self._add_node(batch, repo, parents, parents[0].branch, note, uuid)
+            node, staged = self._add_node(batch, repo, parents, parents[0].branch, note, uuid)
             for (inst, tk), value in merged_values.items():
                 if value is None:
                     versioned.delete(batch, inst, tk, node.version_id)
                 else:
                     versioned.put(batch, inst, tk, node.version_id, value)
             self.engine.apply(batch, sync=True)
-            self._register(node)
+            self._link(node, parents, staged)
             return node
 
     def _merge_plan(self, parents: list[Node], rules: MergeRules):
@@ -361,21 +374,21 @@ class VersionDB:
     def append_log(self, node: Node, lines: Iterable[str]) -> Node:
         """Log lines may be added to committed nodes too (DVID issue #133 asked for it)."""
         with self.lock:
-            node.log.extend(l for l in lines if l)
-            node.updated = now()
-            batch = Batch()
-            self._save(batch, node)
-            self.engine.apply(batch)
-            return node
+            return self._save_node(node, replace(node, log=[*node.log, *(l for l in lines if l)],
+                                                 updated=now()))
 
     def set_note(self, node: Node, note: str) -> Node:
         with self.lock:
-            node.note = note
-            node.updated = now()
-            batch = Batch()
-            self._save(batch, node)
-            self.engine.apply(batch)
-            return node
+            return self._save_node(node, replace(node, note=note, updated=now()))
+
+    def _save_node(self, node: Node, staged: Node) -> Node:
+        """Write `staged` (a changed copy of live `node`), then let `node` take it.
+        Synced like every DAG record, so memory shows only what is on disk."""
+        batch = Batch()
+        self._save(batch, staged)
+        self.engine.apply(batch, sync=True)
+        _adopt(node, staged)
+        return node
 
     def new_instance(self, node: Node, name: str, typename: str, config: dict) -> Instance:
         """Instances are created in an open node and seen by it and its descendants."""
@@ -390,10 +403,10 @@ class VersionDB:
             batch = Batch()
             inst = Instance(name=name, id=self._next_id(batch, "instance"), typename=typename,
                             created_in=node.version_id, config=config)
-            repo.instances[name] = inst
-            repo.updated = now()
-            self._save(batch, repo)
+            staged = replace(repo, instances={**repo.instances, name: inst}, updated=now())
+            self._save(batch, staged)
             self.engine.apply(batch, sync=True)
+            _adopt(repo, staged)
             return inst
 
     def instances_at(self, node: Node) -> dict[str, Instance]:
@@ -405,6 +418,14 @@ class VersionDB:
         """The node and its ancestors, newest first (DVID's log walk, all parents)."""
         return sorted((self.by_version[v] for v in self.ancestors(node.version_id)),
                       key=lambda n: -n.version_id)
+
+
+def _adopt(live: Node | Repo, staged: Node | Repo) -> None:
+    """Give the live record (the object everyone holds) the staged record's
+    field values: each field is replaced whole, never changed in place, so a
+    lock-free reader sees the old or the new value of a field."""
+    for f in fields(live):
+        setattr(live, f.name, getattr(staged, f.name))
 
 
 class _FutureMerge:
