@@ -2,8 +2,9 @@
 
 Sources are read slab by slab (one block-row of z planes at a time) so a 1 GiB
 stack never needs to fit in memory twice, and each slab is one atomic write.
-Everything is validated before the first write when it is cheap to do so
-(slice sizes, dtypes), so a bad stack changes nothing.
+Everything is validated before the first write (every slice of a folder is
+decoded once in advance, a volume's values are range-checked), so a bad stack
+changes nothing: an import is all or nothing, short of a crash or a full disk.
 """
 from __future__ import annotations
 
@@ -83,28 +84,33 @@ class VolumeSource:
                                         f"is {self.shape[2]}x{self.shape[1]} (all slices must match)")
         return np.stack(planes)
 
-    def validate(self) -> None:
-        """Cheap whole-stack checks before anything is written: every slice's
-        header must be readable and give the stack's size (folders).  Pixel data
-        is decoded later, slab by slab; a file whose header is fine but whose
-        pixels are truncated fails then, after earlier slabs were written."""
-        if not hasattr(self, "_files"):
+    def validate(self, progress: Callable[[int], None] | None = None) -> None:
+        """Every check that can fail, before anything is written, so an import is
+        all or nothing: every slice of a folder is decoded (its size and every
+        value must fit), and a whole-volume array's values are range-checked.
+        Costs one extra decode per slice; a refused import changes nothing."""
+        if hasattr(self, "_files"):
+            for i in range(len(self._files)):
+                p = self._slice(i)
+                if p.shape != self.shape[1:]:
+                    raise InvalidInputError(f"{self._files[i]}: slice is {p.shape[1]}x{p.shape[0]}, the stack "
+                                            f"is {self.shape[2]}x{self.shape[1]} (all slices must match)")
+                if progress:
+                    progress(1)
             return
-        from PIL import Image
-        import tifffile
-        for f in self._files:
-            try:
-                with Image.open(f) as im:
-                    w, h = im.size
-            except Exception:
-                try:  # e.g. uint64 TIFFs, which Pillow cannot open
-                    with tifffile.TiffFile(f) as tf:
-                        h, w = tf.pages[0].shape[:2]
-                except Exception:
-                    raise InvalidInputError(f"{f}: not a readable PNG or TIFF image") from None
-            if (h, w) != self.shape[1:]:
-                raise InvalidInputError(f"{f}: slice is {w}x{h}, the stack is "
-                                        f"{self.shape[2]}x{self.shape[1]} (all slices must match)")
+        arr, target = self._arr, self.dtype
+        if arr.dtype == target or arr.dtype.kind == "b":
+            return
+        if arr.dtype.kind not in "iu":
+            raise InvalidInputError(f"{self.path}: holds {arr.dtype} values; {target} is stored "
+                                    "(convert to integers first)")
+        info = np.iinfo(target)
+        for z in range(0, arr.shape[0], 64):  # bounded memory for memory-mapped .npy files
+            part = np.asarray(arr[z:z + 64])
+            lo, hi = int(part.min()), int(part.max())
+            if lo < info.min or hi > info.max:
+                raise InvalidInputError(f"{self.path}: values {lo}..{hi} in planes {z}..{z + len(part) - 1} "
+                                        f"do not fit {target} ({info.min}..{info.max}); nothing was imported")
 
     def slabs(self, z_origin: int, thickness: int) -> Iterator[tuple[int, np.ndarray]]:
         """(first z index, slab) aligned so that z_origin + index falls on block boundaries."""
@@ -119,10 +125,12 @@ class VolumeSource:
 def import_volume(vol: BlockVolume, node: Node, source: "str | VolumeSource", offset=(0, 0, 0),
                   progress: Callable[[int], None] | None = None) -> tuple[int, int, int]:
     """Write a whole source into `vol` at `offset`; returns the (x, y, z) size written.
-    Each slab is atomic; a failure part-way leaves the earlier slabs written."""
+    All or nothing for bad input: every slice is checked before the first write
+    (`VolumeSource.validate`).  Each slab is atomic; only a crash or a full disk
+    part-way leaves the earlier slabs written."""
     src = source if isinstance(source, VolumeSource) else VolumeSource(source, vol.dtype)
-    src.validate()
     vol.check_writable(node)
+    src.validate()
     for z, slab in src.slabs(offset[2], vol.grid.size[2]):
         vol.write(node, (offset[0], offset[1], offset[2] + z), slab)
         if progress:

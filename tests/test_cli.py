@@ -158,3 +158,38 @@ def test_missing_store_and_labels_cli(tmp_path):
     new = int(dv("labels", "split", "seg", "bodies", "11", tmp_path / "b.rles", store=p).stdout)
     assert new == 13
     assert '"split"' in dv("labels", "mutations", "seg", "bodies", store=p).stdout
+
+
+def test_import_is_all_or_nothing_when_the_last_slice_is_broken(st, tmp_path):
+    """Headers all fine, the last slice's pixels truncated: nothing is imported."""
+    p, root = st
+    vol = np.random.default_rng(5).integers(0, 256, (40, 20, 30), dtype=np.uint8)
+    _stack(tmp_path / "stack", vol)
+    last = tmp_path / "stack" / "z39.png"
+    last.write_bytes(last.read_bytes()[:-40])   # IEND and the end of the pixel data gone
+    before = snapshot(p)
+    one_line_error(dv("import", "em", "gray", tmp_path / "stack", store=p, check=False), "z39.png")
+    assert snapshot(p) == before
+    np.save(tmp_path / "big.npy", np.arange(40 * 20 * 30, dtype=np.int32).reshape(40, 20, 30) % 300)
+    one_line_error(dv("import", "em", "gray", tmp_path / "big.npy", store=p, check=False), "do not fit")
+    assert snapshot(p) == before
+
+
+def test_out_of_range_ids_names_and_voxel_sizes_are_one_line_errors(st, tmp_path):
+    p, root = st
+    dv("data", "new", "em", "seg", "--type", "labels", "--block-size", "8", store=p)
+    before = snapshot(p)
+    for label in (str(2**64), str(10**30)):
+        one_line_error(dv("labels", "size", "em", "seg", label, store=p, check=False), "uint64")
+    one_line_error(dv("labels", "merge", "em", "seg", "5", str(2**64), store=p, check=False), "label")
+    one_line_error(dv("labels", "size", "em", "seg", "--", "-5", store=p, check=False), "uint64")
+    for bad in ("nan,8,8", "inf,8,8", "8,8,-1"):
+        one_line_error(dv("data", "new", "em", "v", "--voxel-size", bad, store=p, check=False), "voxel size")
+    one_line_error(dv("repo", "new", "evil\n", store=p, check=False), "not a valid repo name")
+    one_line_error(dv("data", "new", "em", "x\n", store=p, check=False), "not a valid data instance name")
+    assert snapshot(p) == before  # nothing written by the refused commands above
+    dv("commit", "em", store=p)
+    one_line_error(dv("branch", "em", "--name", "evil\n", store=p, check=False), "not a valid branch name")
+    with Dvid(p) as s:
+        assert [r.alias for r in s.repos()] == ["em"]
+        assert list(s.branches(s.repo("em"))) == ["master"]

@@ -16,6 +16,7 @@ read-modify-write the same block concurrently.
 from __future__ import annotations
 
 import json
+import math
 from contextlib import contextmanager
 from typing import ClassVar
 
@@ -94,7 +95,7 @@ class BlockVolume(DataType):
         if b <= 0 or b % 8 or b > 1024:
             raise InvalidInputError(f"block size {b} must be a positive multiple of 8, at most 1024")
         vs = [float(v) for v in voxel_size]
-        if len(vs) != 3 or any(v <= 0 for v in vs):
+        if len(vs) != 3 or not all(math.isfinite(v) and v > 0 for v in vs):
             raise InvalidInputError(f"voxel size {voxel_size} must be three positive numbers")
         return {"BlockSize": [b, b, b], "VoxelSize": vs, "VoxelUnits": voxel_units}
 

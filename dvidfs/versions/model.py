@@ -7,8 +7,11 @@ from dataclasses import asdict, dataclass, field
 
 from dvidfs.timestamps import iso, now
 
-UUID_RE = re.compile(r"^[0-9a-f]{32}$")
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,127}$")
+# \Z, not $: `$` also matches before a final newline, which let "evil\n" through.
+UUID_RE = re.compile(r"^[0-9a-f]{32}\Z")
+# Repo, branch and instance names (as git refs and DVID allow, and safe as file
+# names): ASCII letters, digits and _ . + -, starting with a letter or digit.
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,127}\Z")
 MASTER = "master"  # how the unnamed default branch is shown (stored as "")
 
 
