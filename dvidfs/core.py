@@ -60,11 +60,13 @@ class Change:
     """Something changed in a repo: `node` (UUID) is None for a repo-level
     change (a new repo); `instance` is None for a node-level change (commit,
     note, log, a new instance, a new child node), else the instance whose data
-    changed in `node`."""
+    changed in `node`.  `committed`: the change locked `node` (everything
+    under it turned read-only)."""
 
     repo: str                     # root UUID of the repo
     node: str | None = None
     instance: str | None = None
+    committed: bool = False
 
 
 class Dvid:
@@ -184,7 +186,7 @@ class Dvid:
 
     def commit(self, node: Node, note: str = "", log_lines: Iterable[str] = ()) -> Node:
         self.db.commit(node, note, log_lines)
-        self._node_changed(node)
+        self._publish(Change(node.repo, node.uuid, committed=True))
         return node
 
     def branch(self, parent: Node, name: str | None = None, note: str = "") -> Node:

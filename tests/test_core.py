@@ -93,9 +93,10 @@ def test_changes_are_published_for_every_kind_of_change(core):
     core.set_note(merged, "n")
     core.append_log(merged, ["a line"])
     r = repo.root
-    assert seen == [Change(r), Change(r, root.uuid), Change(r, root.uuid, "g"), Change(r, root.uuid),
+    done = dict(committed=True)
+    assert seen == [Change(r), Change(r, root.uuid), Change(r, root.uuid, "g"), Change(r, root.uuid, **done),
                     Change(r, root.uuid), Change(r, child.uuid), Change(r, root.uuid), Change(r, other.uuid),
-                    Change(r, child.uuid), Change(r, other.uuid),
+                    Change(r, child.uuid, **done), Change(r, other.uuid, **done),
                     Change(r, child.uuid), Change(r, other.uuid), Change(r, merged.uuid),
                     Change(r, merged.uuid), Change(r, merged.uuid)]
 

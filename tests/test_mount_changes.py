@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 
 import numpy as np
 import pytest
@@ -56,3 +57,37 @@ def test_core_writes_while_mounted_are_seen_by_the_next_stat_and_cat(tmp_path):
             child = core.branch(root, "side")
             assert os.readlink(tmp_path / "mnt" / "em" / "side") == child.uuid
             assert child.uuid in os.listdir(tmp_path / "mnt" / "em")
+
+
+def test_forgotten_inodes_are_dropped_and_invalidation_touches_what_changed(tmp_path):
+    """A walk over many slices grows the inode table; once the kernel forgets them
+    (drop_caches) the table shrinks back.  A note touches no slice's inode."""
+    with Dvid.init(tmp_path / "store") as core:
+        root = core.node(core.new_repo("em").root)
+        gray = core.new_instance(root, "gray", "grayscale", block_size=8)
+        gray.write(root, (0, 0, 0), np.zeros((3000, 4, 4), np.uint8))
+        with mounted_in_process(core, tmp_path / "mnt") as ops:
+            xy = tmp_path / "mnt" / "em" / root.uuid / "gray" / "xy"
+            base = len(ops.inodes)
+            sizes = {os.stat(xy / name).st_size for name in os.listdir(xy)}
+            assert sizes == {png_size(4, 4)} and len(ops.inodes) >= base + 3000
+            touched = []
+            real = ops._invalidate
+
+            async def spy(candidates, pred):
+                candidates = list(candidates)
+                touched.append(len(candidates))
+                await real(candidates, pred)
+
+            ops._invalidate = spy
+            core.set_note(root, "a note")
+            assert touched and max(touched) < 100   # the node's own entries and the links, not 3000 slices
+            ops._invalidate = real
+            for _ in range(20):
+                with open("/proc/sys/vm/drop_caches", "w") as f:
+                    f.write("2\n")
+                if len(ops.inodes) < base + 100:
+                    break
+                time.sleep(0.1)
+            assert len(ops.inodes) < base + 100, len(ops.inodes)
+            assert os.stat(xy / "02999.png").st_size == png_size(4, 4)  # looked up afresh

@@ -43,6 +43,7 @@ import trio
 from dvidfs.core import Change
 from dvidfs.errors import DvidfsError, InvalidInputError, NotFoundError, ReadOnlyError, TooLargeError
 from dvidfs.fs.entry import NOW, ON_CLOSE, Attr, Entry
+from dvidfs.fs.inodes import InodeTable
 from dvidfs.fs.nodes import CTRL_DIR, ROOT, ControlDir
 from dvidfs.fs.tree import Tree
 from dvidfs.fs.volumes import is_temp_name, parse_slice_name
@@ -108,9 +109,7 @@ class DvidOperations(pyfuse3.Operations):
     def __init__(self, tree: Tree):
         super().__init__()
         self.tree = tree
-        self.ino_of: dict[Entry, int] = {ROOT: pyfuse3.ROOT_INODE}
-        self.entry_of: dict[int, Entry] = {pyfuse3.ROOT_INODE: ROOT}
-        self._next_ino = pyfuse3.ROOT_INODE + 1
+        self.inodes = InodeTable(ROOT, pyfuse3.ROOT_INODE)
         self.handles: dict[int, Handle] = {}
         self.dir_handles: dict[int, list] = {}
         self._next_fh = 1
@@ -118,10 +117,6 @@ class DvidOperations(pyfuse3.Operations):
         self.scratch_ino: dict[int, tuple[Entry, str]] = {}
         self.last_error: dict[str, str] = {}  # node uuid -> message
         self.pending_slices: set[Entry] = set()  # created, not yet flushed
-        self.parent_of: dict[int, tuple[int, bytes]] = {}  # ino -> (parent ino, name): for entry invalidation
-        # where to look when invalidating, instead of every inode of the mount
-        self._by_uuid: dict[str, list[int]] = {"": [pyfuse3.ROOT_INODE]}  # node uuid ("" above nodes) -> inos
-        self._node_level: list[int] = []
         self.uid, self.gid = os.getuid(), os.getgid()
         # changes published by the core (any thread), invalidated on the trio thread
         self._token: trio.lowlevel.TrioToken | None = None
@@ -155,20 +150,8 @@ class DvidOperations(pyfuse3.Operations):
         except DvidfsError as exc:
             raise pyfuse3.FUSEError(exc.errno) from exc
 
-    def _ino(self, e: Entry) -> int:
-        ino = self.ino_of.get(e)
-        if ino is None:
-            ino = self._next_ino
-            self._next_ino += 1
-            self.ino_of[e] = ino
-            self.entry_of[ino] = e
-            self._by_uuid.setdefault(e.uuid, []).append(ino)
-            if e.node_level:   # changes with other nodes' commands
-                self._node_level.append(ino)
-        return ino
-
     def _entry(self, ino: int) -> Entry:
-        e = self.entry_of.get(ino)
+        e = self.inodes.entry(ino)
         if e is None:
             raise pyfuse3.FUSEError(errno.ENOENT)
         return e
@@ -237,11 +220,11 @@ class DvidOperations(pyfuse3.Operations):
         pyfuse3's own asynchronous queue, only for entries that can disappear."""
         inos, names = [], []
         for ino in set(candidates):
-            entry = self.entry_of[ino]
-            if pred(entry):
+            entry = self.inodes.entry(ino)
+            if entry is not None and pred(entry):
                 inos.append(ino)
-                if entry.can_vanish and ino in self.parent_of:
-                    names.append(self.parent_of[ino])
+                if entry.can_vanish and ino in self.inodes.parent_of:
+                    names.append(self.inodes.parent_of[ino])
         if inos:
             await trio.to_thread.run_sync(_invalidate_inodes, inos)
         for parent, name in names:
@@ -284,24 +267,31 @@ class DvidOperations(pyfuse3.Operations):
                 await self._invalidate_change(c)
 
     async def _invalidate_change(self, c: Change) -> None:
+        """Exactly what a change can affect, found through the inode table's
+        indexes (never a scan of every inode)."""
+        inodes = self.inodes
         if c.node is None:  # a new repo: the top directory
-            await self._invalidate(self._by_uuid[""], lambda x: x is ROOT)
+            await self._invalidate(inodes.of_instance("", ""), lambda x: x is ROOT)
             return
         if c.instance is not None:  # data of one instance in one node
-            await self._invalidate(self._by_uuid.get(c.node, ()), lambda x: x.data == c.instance)
+            await self._invalidate(inodes.of_instance(c.node, c.instance), lambda x: True)
             return
-        # node-level: the node's own entries, and the repo's links, node dirs and control files
+        # node-level: the node's directory and control files, and the repo's links,
+        # node directories and control files; a commit: everything under the node
         try:
             alias = self.tree.core.repo(c.repo).alias
         except DvidfsError:
             return
-        candidates = [*self._by_uuid.get(c.node, ()), *self._by_uuid[""], *self._node_level]
-        await self._invalidate(candidates, lambda x: x.repo == alias)
+        own = inodes.of_node(c.node) if c.committed else inodes.of_instance(c.node, "")
+        candidates = [*own, *inodes.of_instance("", ""), *inodes.node_level]
+        await self._invalidate(candidates, lambda x: x.uuid == c.node or x.repo == alias)
 
     def _remember(self, parent_inode: int, name: bytes, e: Entry) -> int:
-        ino = self._ino(e)
-        self.parent_of[ino] = (parent_inode, name)
-        return ino
+        return self.inodes.remember(parent_inode, name, e)
+
+    def _pinned(self, ino: int) -> bool:
+        """Inodes that must outlive the kernel's references: open files, temp files."""
+        return ino in self.scratch_ino or any(h.ino == ino for h in self.handles.values())
 
     # ------------------------------------------------------------ lookups
     async def lookup(self, parent_inode, name, ctx=None):
@@ -310,10 +300,13 @@ class DvidOperations(pyfuse3.Operations):
         if parent.accepts_temp_files:
             s = self.scratch.get((parent, sname))
             if s is not None:
+                self.inodes.ref(s.ino)
                 return self._scratch_attrs(s)
         e = self._inline(self.tree.lookup, parent, sname)
         ino = self._remember(parent_inode, name, e)
-        return await self._getattr_entry(e, ino)
+        attrs = await self._getattr_entry(e, ino)
+        self.inodes.ref(ino)
+        return attrs
 
     async def getattr(self, inode, ctx=None):
         if inode in self.scratch_ino:
@@ -339,6 +332,7 @@ class DvidOperations(pyfuse3.Operations):
         for name, ea, next_id in self.dir_entries(fh, start_id):
             if not pyfuse3.readdir_reply(token, name, ea, next_id):
                 return
+            self.inodes.ref(ea.st_ino)  # readdirplus: the kernel now holds the entry
 
     def dir_entries(self, fh: int, start_id: int = 0):
         """(name, attributes, next offset) of an open directory from `start_id` on.
@@ -365,7 +359,7 @@ class DvidOperations(pyfuse3.Operations):
         st = os.statvfs(self.tree.core.path or "/")
         s.f_bsize, s.f_frsize = BLKSIZE, st.f_frsize
         s.f_blocks, s.f_bfree, s.f_bavail = st.f_blocks, st.f_bfree, st.f_bavail
-        s.f_files, s.f_ffree, s.f_favail = len(self.entry_of) + 1000, 1 << 30, 1 << 30
+        s.f_files, s.f_ffree, s.f_favail = len(self.inodes) + 1000, 1 << 30, 1 << 30
         s.f_namemax = 255
         return s
 
@@ -496,8 +490,8 @@ class DvidOperations(pyfuse3.Operations):
         try:
             result = await trio.to_thread.run_sync(self.tree.upload, e, bytes(h.data))
         except DvidfsError as exc:
-            if e in self.pending_slices and h.ino in self.parent_of:  # created, never stored: no name
-                pyfuse3.invalidate_entry_async(*self.parent_of[h.ino], ignore_enoent=True)
+            if e in self.pending_slices and h.ino in self.inodes.parent_of:  # created, never stored: no name
+                pyfuse3.invalidate_entry_async(*self.inodes.parent_of[h.ino], ignore_enoent=True)
             raise self._fail(e.uuid, f"write {e.describe()}", exc) from exc
         finally:
             self.pending_slices.discard(e)
@@ -559,10 +553,12 @@ class DvidOperations(pyfuse3.Operations):
             ino = self._remember(parent_inode, name, e)
             self.pending_slices.add(e)
             self.handles[fh] = Handle(e, ino, bytearray(), writing=True, limit=limit)
+            self.inodes.ref(ino)
             return pyfuse3.FileInfo(fh=fh, direct_io=True), self._attrs(ino, Attr("file", 0, True, time.time(), False))
-        s = Scratch(ino=self._ino(ScratchEntry(uuid=parent.uuid, data=parent.data,
-                                               plane=parent.plane, name=f"{self._next_ino}:{sname}")),
+        s = Scratch(ino=self.inodes.ino(ScratchEntry(uuid=parent.uuid, data=parent.data, plane=parent.plane,
+                                                     name=f"{len(self.scratch_ino)}:{fh}:{sname}")),
                     limit=limit, mode=mode & 0o777)
+        self.inodes.ref(s.ino)
         self.scratch[(parent, sname)] = s
         self.scratch_ino[s.ino] = (parent, sname)
         self.handles[fh] = Handle(SCRATCH, s.ino, writing=True, scratch=s)
@@ -614,10 +610,13 @@ class DvidOperations(pyfuse3.Operations):
             raise self._fail(parent.uuid, f"mkdir {sname}", exc) from exc
         ino = self._remember(parent_inode, name, e)
         await self._drain()
-        return await self._getattr_entry(e, ino)
+        attrs = await self._getattr_entry(e, ino)
+        self.inodes.ref(ino)
+        return attrs
 
     async def forget(self, inode_list):
-        pass  # inode numbers stay stable for the life of the mount (entries are tiny)
+        for ino, n in inode_list:
+            self.inodes.forget(ino, n, self._pinned)
 
 
 def _never_escape(handler):
