@@ -95,6 +95,7 @@ class Dvid:
 
     def _open_leveldb(self, create: bool) -> OrderedKV:
         c = self.config
+        storedir.check_safe_to_open(self.path)
         try:
             return LevelDBEngine(self.path, create=create, write_buffer_size=c.leveldb_write_buffer,
                                  block_size=c.leveldb_block_size, lru_cache_size=c.leveldb_cache)

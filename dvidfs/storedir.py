@@ -224,3 +224,25 @@ def log_tail(log_fd: int, limit: int = 64 << 10) -> str:
         os.close(fd)
     lines = [l.strip() for l in data.decode(errors="replace").splitlines() if l.strip()]
     return lines[-1] if lines else "no output"
+
+
+def check_safe_to_open(store_path: str) -> None:
+    """As root, refuse a store that someone else could have prepared: LevelDB
+    creates its files (`NNNNNN.log`, `MANIFEST-…`) with predictable names and
+    follows links there, so whoever can write `<store>/` or `<store>/leveldb/`
+    could make a root process overwrite any file.  Other users are protected by
+    the kernel's own permission checks, so only root is checked."""
+    if os.geteuid() != 0:
+        return
+    for d in (store_path, os.path.join(store_path, "leveldb")):
+        try:
+            st = os.lstat(d)
+        except FileNotFoundError:
+            continue
+        if stat.S_ISLNK(st.st_mode):
+            raise DvidfsError(f"refusing to open {d} as root: it is a symbolic link")
+        if st.st_uid != 0 or st.st_mode & 0o022:
+            raise DvidfsError(
+                f"refusing to open store {store_path} as root: {d} can be written by another user "
+                f"(owner uid {st.st_uid}, mode {stat.S_IMODE(st.st_mode):o}); open it as its owner, "
+                f"or `chown -R root {store_path} && chmod -R go-w {store_path}`")

@@ -244,3 +244,26 @@ def test_other_users_cannot_enter_the_mount():
     finally:
         _force_unmount(os.path.join(base, "mnt"))
         shutil.rmtree(base, ignore_errors=True)
+
+
+def test_root_refuses_a_store_another_user_can_write(tmp_path):
+    """LevelDB follows links it finds in leveldb/: as root, a store someone else
+    could have prepared is refused with one line, and nothing is written there."""
+    from dvidfs.core import Dvid
+    from dvidfs.errors import DvidfsError
+    path = tmp_path / "shared"
+    Dvid.init(path).close()
+    for target, change in ((path / "leveldb", lambda p: os.chmod(p, 0o777)),
+                           (path, lambda p: os.chown(p, 65534, 65534))):
+        before = sorted(os.listdir(path / "leveldb"))
+        mode, st = os.stat(target).st_mode, os.stat(target)
+        change(target)
+        try:
+            with pytest.raises(DvidfsError) as ei:
+                Dvid(path)
+            assert "refusing to open" in str(ei.value) and "\n" not in str(ei.value)
+            assert sorted(os.listdir(path / "leveldb")) == before
+        finally:
+            os.chmod(target, mode & 0o7777)
+            os.chown(target, st.st_uid, st.st_gid)
+    Dvid(path).close()
