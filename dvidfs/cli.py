@@ -376,9 +376,27 @@ def _join_negative_values(argv: list[str]) -> list[str]:
     return out
 
 
+def _hoist_store(argv: list[str]) -> list[str]:
+    """`-s STORE` is an option of `dvidfs` itself, but people write it after the
+    subcommand too (`dvidfs log em -s store`): move it to the front."""
+    out, front, i = [], [], 0
+    while i < len(argv):
+        a = argv[i]
+        if a in ("-s", "--store") and i + 1 < len(argv):
+            front += [a, argv[i + 1]]
+            i += 2
+            continue
+        if a.startswith("--store="):
+            front.append(a)
+        else:
+            out.append(a)
+        i += 1
+    return front + out
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    args = build_parser().parse_args(_join_negative_values(argv))
+    args = build_parser().parse_args(_join_negative_values(_hoist_store(argv)))
     tune_allocator()  # slices and imports allocate in bursts: keep freed memory (dvidfs/allocator.py)
     try:
         args.fn(args)

@@ -164,6 +164,10 @@ def export_volume(vol: BlockVolume, view, out: str, offset=None, size=None,
                 if progress:
                     progress(1)
     else:
+        if os.path.splitext(out.rstrip("/"))[1]:
+            raise InvalidInputError(f"{out}: export writes .npy, .tif/.tiff, or a folder of PNG slices "
+                                    f"(a name without an extension); {os.path.splitext(out.rstrip('/'))[1]} "
+                                    f"is not one of them")
         if vol.dtype != np.uint8:
             raise InvalidInputError("a folder of PNGs holds 8-bit slices; export labels to .npy or .tif")
         os.makedirs(out, exist_ok=True)

@@ -193,3 +193,20 @@ def test_out_of_range_ids_names_and_voxel_sizes_are_one_line_errors(st, tmp_path
     with Dvid(p) as s:
         assert [r.alias for r in s.repos()] == ["em"]
         assert list(s.branches(s.repo("em"))) == ["master"]
+
+
+def test_small_frictions(st, tmp_path):
+    """-s after the subcommand; export to an unknown extension refused (not a PNG
+    folder by surprise); a missing mount point named; a 16-bit slice says how to convert."""
+    p, root = st
+    vol = np.random.default_rng(2).integers(0, 256, (4, 8, 8), dtype=np.uint8)
+    _stack(tmp_path / "stack", vol)
+    dv("import", "em", "gray", tmp_path / "stack", "-s", p)
+    assert root in dv("log", "em", "--store", p).stdout
+    one_line_error(dv("export", "em", "gray", tmp_path / "x.zarr", store=p, check=False), ".zarr")
+    assert not (tmp_path / "x.zarr").exists()
+    one_line_error(dv("mount", p, tmp_path / "nope", check=False), "mkdir -p")
+    Image.fromarray(np.full((8, 8), 4000, np.uint16)).save(tmp_path / "deep.png")
+    (tmp_path / "deep").mkdir()
+    (tmp_path / "deep.png").rename(tmp_path / "deep" / "z0.png")
+    one_line_error(dv("import", "em", "gray", tmp_path / "deep", store=p, check=False), "8-bit")

@@ -158,3 +158,19 @@ def test_changes_arrive_in_the_writing_thread_after_the_write_is_visible(core):
     t.start()
     t.join()
     assert observed == [("writer", 9)]
+
+
+def test_reads_take_a_node_as_well_as_a_view(core):
+    """`vol.read(node, …)` is what people write first (issue 15): it works."""
+    root = core.node(core.new_repo("em").root)
+    gray = core.new_instance(root, "g", "grayscale", block_size=8)
+    labels = core.new_instance(root, "seg", "labels", block_size=8)
+    src = np.arange(8 * 8 * 16, dtype=np.uint64).reshape(8, 8, 16) % 5 + 1
+    gray.write(root, (0, 0, 0), src.astype(np.uint8))
+    labels.write(root, (0, 0, 0), src)
+    view = core.view(root)
+    np.testing.assert_array_equal(gray.read(root, (0, 0, 0), (16, 8, 8)), gray.read(view, (0, 0, 0), (16, 8, 8)))
+    np.testing.assert_array_equal(gray.read_slice(root, "xz", 3), src[:, 3, :].astype(np.uint8))
+    assert labels.size(root, 2) == int((src == 2).sum())
+    assert labels.bodies(root).tolist() == [1, 2, 3, 4, 5]
+    assert labels.sparsevol(root, 3) == labels.sparsevol(view, 3)

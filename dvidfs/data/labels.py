@@ -171,14 +171,17 @@ class Labels(BlockVolume):
 
     # ------------------------------------------------------------ reading
     def read(self, view: VersionView, offset: XYZ, size: XYZ, supervoxels: bool = False) -> np.ndarray:
+        view = self.as_view(view)
         out = super().read(view, offset, size)
         return out if supervoxels else self.mapping(view).apply(out)
 
     def read_slice(self, view: VersionView, plane: str, coord: int, supervoxels: bool = False) -> np.ndarray:
+        view = self.as_view(view)
         out = super().read_slice(view, plane, coord)
         return out if supervoxels else self.mapping(view).apply(out)
 
     def index(self, view: VersionView, body: int, reader: Reader | None = None) -> LabelIndex | None:
+        view = self.as_view(view)
         v = versioned.get(reader or self.engine, self.inst.id, _u64_tkey(keys.CLASS_LABEL_INDEX, body), view)
         return LabelIndex.decode(v) if v else None
 
@@ -190,6 +193,7 @@ class Labels(BlockVolume):
 
     def bodies(self, view: VersionView) -> np.ndarray:
         """Every body id with voxels at this node, ascending (keys only, no voxels read)."""
+        view = self.as_view(view)
         lo = _u64_tkey(keys.CLASS_LABEL_INDEX, 0)
         hi = _u64_tkey(keys.CLASS_LABEL_INDEX, 2**64 - 1)
         ids = [_U64.unpack(tk[1:])[0]
@@ -221,6 +225,7 @@ class Labels(BlockVolume):
     def sparsevol_runs(self, view: VersionView, body: int, min_xyz=None, max_xyz=None) -> np.ndarray:
         """Runs (n, 4) [x, y, z, length] of the body's voxels, DVID order, optionally
         clipped to an inclusive box (DVID's minx..maxz)."""
+        view = self.as_view(view)
         gen = self.generation(view)
         with self.engine.snapshot() as snap:
             idx = self.require_index(view, body, snap)
@@ -333,6 +338,7 @@ class Labels(BlockVolume):
 
     def mutations(self, view: VersionView) -> list[dict]:
         """The mutation log as seen from this node (its own and its ancestors' records)."""
+        view = self.as_view(view)
         lo = _u64_tkey(keys.CLASS_MUTATION_LOG, 0)
         hi = _u64_tkey(keys.CLASS_MUTATION_LOG, 2**64 - 1)
         return [json.loads(v) for _, v in versioned.scan(self.engine, self.inst.id, lo, hi, view)]

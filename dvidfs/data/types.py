@@ -97,6 +97,10 @@ class DataType:
                          "RepoUUID": self.db.by_version[view.version].repo, "Versioned": True},
                 "Extended": {}}
 
+    def as_view(self, where: "VersionView | Node") -> VersionView:
+        """Reads take a VersionView; a Node (what people have in hand) works too."""
+        return self.db.view(where) if isinstance(where, Node) else where
+
     def generation(self, view: VersionView) -> int:
         """Writes applied to this instance in `view`'s version so far.  Capture it
         before taking the snapshot a read uses."""

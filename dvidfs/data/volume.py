@@ -116,6 +116,7 @@ class BlockVolume(DataType):
     # ---------------------------------------------------------------- extents
     def extents(self, view: VersionView, reader: Reader | None = None) -> Box | None:
         """Bounding box of everything written so far as seen from `view`."""
+        view = self.as_view(view)
         v = versioned.get(reader or self.engine, self.inst.id, EXTENTS_TKEY, view)
         return _box_from_json(v) if v else None
 
@@ -240,7 +241,9 @@ class BlockVolume(DataType):
         return self._decoded(tk, e[0], e[1], view, self.generation(view) if gen is None else gen)
 
     def read(self, view: VersionView, offset: XYZ, size: XYZ) -> np.ndarray:
-        """Voxels of the box at `offset` (x, y, z) of `size` as a [z, y, x] array."""
+        """Voxels of the box at `offset` (x, y, z) of `size` as a [z, y, x] array,
+        as seen from `view` (a VersionView, or a Node)."""
+        view = self.as_view(view)
         box = Box.from_offset_size(offset, size)
         out = np.zeros(box.shape_zyx, dtype=self.dtype)
         gen = self.generation(view)
@@ -290,6 +293,7 @@ class BlockVolume(DataType):
 
     def read_slice(self, view: VersionView, name: str, coord: int) -> np.ndarray:
         """2-D image (height, width) of one slice across the extents."""
+        view = self.as_view(view)
         p = plane(name)
         gen = self.generation(view)
         with self.engine.snapshot() as snap:

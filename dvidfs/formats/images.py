@@ -342,7 +342,9 @@ def _convert_exact(arr: np.ndarray, target: np.dtype) -> np.ndarray:
         if lo < info.min or hi > info.max:
             raise InvalidInputError(
                 f"slice values range from {_fmt(lo)} to {_fmt(hi)}, which does not fit "
-                f"in {tname} ({info.min}..{info.max})")
+                f"in {tname} ({info.min}..{info.max})"
+                + ("; convert the stack to 8 bits first (Fiji: Image > Type > 8-bit)"
+                   if target == np.uint8 else ""))
         return arr.astype(target)
 
     # Float target: exact iff the values survive a round trip.

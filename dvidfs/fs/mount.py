@@ -40,6 +40,8 @@ def is_mounted(path: str) -> bool:
 
 
 def _check_mountpoint(mountpoint: str) -> None:
+    if not os.path.exists(mountpoint):
+        raise InvalidInputError(f"mount point {mountpoint} does not exist (create it: mkdir -p {mountpoint})")
     if not os.path.isdir(mountpoint):
         raise InvalidInputError(f"mount point {mountpoint} is not a directory")
     if is_mounted(mountpoint):
