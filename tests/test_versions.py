@@ -300,6 +300,8 @@ def test_merge_conflict_refused_names_block_and_changes_nothing(store, repo, roo
     assert ei.value.errno == errno.EBUSY
     msg = str(ei.value)
     assert "block (-1,-2,-3)" in msg
+    # in the user's terms: the voxels, i.e. which xy slices were edited on both sides (8³ blocks)
+    assert "voxels x -8..-1, y -16..-9 of xy slices -24..-17" in msg
     assert "(2,2,2)" not in msg
     assert scan_all(store.engine) == before
     assert {u: n.to_json() for u, n in db.nodes.items()} == nodes_before

@@ -114,7 +114,10 @@ class Labels(BlockVolume):
     offers = BlockVolume.offers | {"bodies"}
     merge_rules = {**BlockVolume.merge_rules, keys.CLASS_MAX_LABEL: _merge_max,
                    keys.CLASS_LABEL_INDEX: _merge_index}
-    key_descriptions = {keys.CLASS_LABEL_BLOCK: describe_block}
+    key_descriptions = {keys.CLASS_LABEL_BLOCK: describe_block,
+                        keys.CLASS_LABEL_INDEX: lambda tk, inst: f"body {_U64.unpack(tk[1:9])[0]} (its voxel counts)",
+                        keys.CLASS_MAPPING: lambda tk, inst: f"supervoxel {_U64.unpack(tk[1:9])[0]} (merged into "
+                                                             f"different bodies)"}
 
     def __init__(self, ctx, inst):
         super().__init__(ctx, inst)

@@ -15,8 +15,8 @@ What a type declares (class attributes, read by the registry):
   pick their views from this, never from the type's name.
 * `merge_rules` — key class byte -> function giving the merged value of a key
   changed on several sides of a node merge (extents: union; max label: max).
-* `key_descriptions` — key class byte -> short human description of a TKey,
-  used when a merge is refused.
+* `key_descriptions` — key class byte -> fn(TKey, Instance): a short description
+  in the user's terms (voxels, slices, body ids), used when a merge is refused.
 
 Adding a type: a module with a `DataType` subclass, `make_config`, `info`,
 its operations, and one `registry.register(...)` line in `core.default_registry`.
@@ -77,7 +77,7 @@ class DataType:
     typename: ClassVar[str]
     offers: ClassVar[frozenset[str]] = frozenset()
     merge_rules: ClassVar[Mapping[int, MergeFn]] = {}
-    key_descriptions: ClassVar[Mapping[int, Callable[[bytes], str]]] = {}
+    key_descriptions: ClassVar[Mapping[int, Callable[[bytes, Instance], str]]] = {}
 
     def __init__(self, ctx: TypeContext, inst: Instance):
         self.ctx = ctx
@@ -118,7 +118,7 @@ class TypeRegistry:
     def __init__(self) -> None:
         self._types: dict[str, type[DataType]] = {}
         self._rules: dict[int, MergeFn] = {}
-        self._describe: dict[int, Callable[[bytes], str]] = {}
+        self._describe: dict[int, Callable[[bytes, Instance], str]] = {}
 
     def register(self, cls: type[DataType]) -> type[DataType]:
         name = cls.typename
@@ -147,6 +147,6 @@ class TypeRegistry:
     def merge_rule(self, key_class: int) -> MergeFn | None:
         return self._rules.get(key_class)
 
-    def describe(self, tk: bytes) -> str:
+    def describe(self, tk: bytes, inst: Instance) -> str:
         fn = self._describe.get(tk[0])
-        return fn(tk) if fn else f"key class {tk[0]} {tk[1:].hex()}"
+        return fn(tk, inst) if fn else f"key class {tk[0]} {tk[1:].hex()}"

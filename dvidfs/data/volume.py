@@ -56,10 +56,15 @@ def _box_to_json(b: Box) -> bytes:
     return json.dumps({"MinPoint": list(b.lo), "MaxPoint": [h - 1 for h in b.hi]}).encode()
 
 
-def describe_block(tk: bytes) -> str:
-    """A block TKey for people (merge conflict messages)."""
+def describe_block(tk: bytes, inst: Instance) -> str:
+    """A block TKey in the user's terms (merge conflict messages): the voxels it
+    holds, which are the xy slices a person edited."""
     x, y, z = keys.parse_izyx(tk[-12:])  # label blocks have a scale byte before IZYX
-    return f"block ({x},{y},{z})"
+    bx, by, bz = (int(b) for b in inst.config.get("BlockSize", (0, 0, 0)))
+    if not bx:
+        return f"block ({x},{y},{z})"
+    return (f"block ({x},{y},{z}) = voxels x {x * bx}..{x * bx + bx - 1}, y {y * by}..{y * by + by - 1} "
+            f"of xy slices {z * bz}..{z * bz + bz - 1}")
 
 
 class BlockVolume(DataType):

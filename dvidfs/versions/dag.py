@@ -65,15 +65,15 @@ class MergeRules(Protocol):
     def merge_rule(self, key_class: int) -> Callable[[MergeContext], bytes | None] | None:
         """The rule for TKeys of this class byte, or None (then differing values conflict)."""
 
-    def describe(self, tk: bytes) -> str:
-        """A short human description of a TKey, for conflict messages."""
+    def describe(self, tk: bytes, inst: Instance) -> str:
+        """A short human description of a TKey of `inst`, for conflict messages."""
 
 
 class _NoRules:
     def merge_rule(self, key_class: int):
         return None
 
-    def describe(self, tk: bytes) -> str:
+    def describe(self, tk: bytes, inst: Instance) -> str:
         return f"key class {tk[0]} {tk[1:].hex()}"
 
 
@@ -318,8 +318,8 @@ class VersionDB:
                     raise InvalidInputError("merge parents must be in the same repo")
             merged_values, conflicts = self._merge_plan(parents, rules)
             if conflicts:
-                names = {i.id: i.name for i in self.repos[parents[0].repo].instances.values()}
-                shown = [f"{names.get(inst, inst)}: {rules.describe(tk)}" for inst, tk in conflicts[:20]]
+                by_id = {i.id: i for i in self.repos[parents[0].repo].instances.values()}
+                shown = [f"{by_id[inst].name}: {rules.describe(tk, by_id[inst])}" for inst, tk in conflicts[:20]]
                 more = f" and {len(conflicts) - 20} more" if len(conflicts) > 20 else ""
                 raise ConflictError(f"merge refused: {len(conflicts)} key(s) changed differently on "
                                     f"more than one side: " + "; ".join(shown) + more)
