@@ -165,6 +165,8 @@ class DvidOperations(pyfuse3.Operations):
         """Record a failed write as last-error of its node; return the errno to raise."""
         code = exc.errno if isinstance(exc, DvidfsError) else errno.EIO
         msg = f"{iso()} {what}: {exc} ({errno.errorcode.get(code, code)})"
+        # names that are not UTF-8 arrive surrogate-escaped: keep the message printable
+        msg = msg.encode("utf-8", "backslashreplace").decode("utf-8")
         if uuid:
             self.last_error[uuid] = msg
         log.warning(msg)
@@ -195,9 +197,21 @@ class DvidOperations(pyfuse3.Operations):
     def _scratch_attrs(self, s: Scratch) -> pyfuse3.EntryAttributes:
         return self._attrs(s.ino, Attr("file", len(s.data), True, s.mtime, False), volatile=True)
 
+    def _held(self, ino: int) -> Handle | None:
+        """An open writing handle of `ino`, if any (created slices, temp files)."""
+        return next((h for h in self.handles.values() if h.ino == ino and h.writing), None)
+
+    def _pending_attrs(self, ino: int) -> pyfuse3.EntryAttributes:
+        """A slice created but not stored yet: what its writer has buffered, with
+        zero timeouts, so the name is not cached beyond its life (if its upload
+        fails, it never existed)."""
+        h = self._held(ino)
+        size = len(h.data) if h is not None and isinstance(h.data, bytearray) else 0
+        return self._attrs(ino, Attr("file", size, True, time.time(), False), volatile=True)
+
     async def _getattr_entry(self, e: Entry, ino: int) -> pyfuse3.EntryAttributes:
         if e in self.pending_slices:
-            return self._attrs(ino, Attr("file", 0, True, time.time(), False))
+            return self._pending_attrs(ino)
         # body files' sizes need a sparsevol computed (then cached): worker thread
         a = await self._run(self.tree.attr, e) if e.slow_attr else self._inline(self.tree.attr, e)
         if e.is_last_error:
@@ -311,6 +325,9 @@ class DvidOperations(pyfuse3.Operations):
     async def getattr(self, inode, ctx=None):
         if inode in self.scratch_ino:
             return self._scratch_attrs(self.scratch[self.scratch_ino[inode]])
+        held = self._held(inode)
+        if held is not None and held.scratch is not None:  # a temp file unlinked or replaced while open
+            return self._scratch_attrs(held.scratch)
         return await self._getattr_entry(self._entry(inode), inode)
 
     async def readlink(self, inode, ctx):
@@ -344,7 +361,12 @@ class DvidOperations(pyfuse3.Operations):
             if i < n:
                 name, child, a = d.listing[i]
                 bname = os.fsencode(name)
-                yield bname, self._attrs(self._remember(d.ino, bname, child), a), i + 1
+                ino = self._remember(d.ino, bname, child)
+                if child.is_last_error:  # its content lives here, not in the tree: never cached
+                    a = Attr(a.kind, len(self._last_error_bytes(child.uuid)), a.writable, a.mtime, False)
+                    yield bname, self._attrs(ino, a, volatile=True), i + 1
+                else:
+                    yield bname, self._attrs(ino, a), i + 1
             else:
                 name, ino = d.temps[i - n]
                 sc = self.scratch.get(self.scratch_ino.get(ino, (None, None)))
@@ -490,18 +512,19 @@ class DvidOperations(pyfuse3.Operations):
         try:
             result = await trio.to_thread.run_sync(self.tree.upload, e, bytes(h.data))
         except DvidfsError as exc:
-            if e in self.pending_slices and h.ino in self.inodes.parent_of:  # created, never stored: no name
-                pyfuse3.invalidate_entry_async(*self.inodes.parent_of[h.ino], ignore_enoent=True)
+            # a created slice stays pending (its writer may still fix it) until release
             raise self._fail(e.uuid, f"write {e.describe()}", exc) from exc
-        finally:
-            self.pending_slices.discard(e)
+        self.pending_slices.discard(e)
         log.info("%s/%s: %s", e.uuid, e.data, result)
         await self._drain()
 
     async def release(self, fh):
         h = self.handles.pop(fh, None)
-        if h is not None:
+        if h is not None and h.entry in self.pending_slices and self._held(h.ino) is None:
+            # created and never stored: the name must not outlive its last handle
             self.pending_slices.discard(h.entry)
+            if h.ino in self.inodes.parent_of:
+                pyfuse3.invalidate_entry_async(*self.inodes.parent_of[h.ino], ignore_enoent=True)
 
     async def fsync(self, fh, datasync):
         await self.flush(fh)
@@ -554,7 +577,7 @@ class DvidOperations(pyfuse3.Operations):
             self.pending_slices.add(e)
             self.handles[fh] = Handle(e, ino, bytearray(), writing=True, limit=limit)
             self.inodes.ref(ino)
-            return pyfuse3.FileInfo(fh=fh, direct_io=True), self._attrs(ino, Attr("file", 0, True, time.time(), False))
+            return pyfuse3.FileInfo(fh=fh, direct_io=True), self._pending_attrs(ino)
         s = Scratch(ino=self.inodes.ino(ScratchEntry(uuid=parent.uuid, data=parent.data, plane=parent.plane,
                                                      name=f"{len(self.scratch_ino)}:{fh}:{sname}")),
                     limit=limit, mode=mode & 0o777)
@@ -576,6 +599,9 @@ class DvidOperations(pyfuse3.Operations):
                              InvalidInputError(f"{new!r} is not a slice name"))
         if coord is None:  # temp -> temp: just a new name
             self.scratch.pop((pold, old))
+            replaced = self.scratch.get((pnew, new))
+            if replaced is not None:  # its open fds keep its data (Handle.scratch); the name is s's
+                self.scratch_ino.pop(replaced.ino, None)
             self.scratch[(pnew, new)] = s
             self.scratch_ino[s.ino] = (pnew, new)
             return
