@@ -460,6 +460,7 @@ class Model:
         self.temps: dict[tuple, dict[str, Temp]] = {}
         self.placeholders: list[NodeM] = []
         self.splits: list[tuple] = []      # (node, body, voxels) awaiting their new label
+        self.max_label = int(BASE_SEG.max())   # largest label written in any node: a split takes the next
         self.fresh = 0
         self.lost: str | None = None
         self.effects: collections.Counter = collections.Counter()
@@ -753,6 +754,8 @@ class Model:
             return False
         if not vol.put(plane, c, img):
             raise Lost("a valid slice far outside the extents")
+        if inst == "seg":
+            self.max_label = max(self.max_label, int(img.max()))
         n.wrote = True
         return True
 
@@ -761,8 +764,8 @@ class Model:
         if name != "split" or body not in n.seg.bodies():
             return False
         vox = rles_voxels(data)
-        if not vox or not vox <= n.seg.voxels(body):
-            return False
+        if not vox or not vox <= n.seg.voxels(body) or self.max_label == 2**64 - 1:
+            return False     # (no id is left above the largest label: refused)
         self.splits.append((n, body, vox))
         n.wrote = True
         return True
@@ -1041,8 +1044,8 @@ class Fuzzer:
             assert (rec["Action"], rec["Target"], rec["Voxels"]) == ("split", body, len(vox)), rec
             new_id = rec["NewLabel"]
             lab = n.seg
-            used = {int(v) for v in np.unique(lab.vol.arr)} | set(lab.mapping) | set(lab.mapping.values())
-            assert new_id not in used and 0 < new_id < 2**64, f"split reused label {new_id}"
+            assert new_id == m.max_label + 1, f"split's new label {new_id}, the largest label was {m.max_label}"
+            m.max_label = new_id
             lx, ly, lz = lab.vol.lo
             for x, y, z in vox:
                 lab.vol.arr[z - lz, y - ly, x - lx] = new_id
