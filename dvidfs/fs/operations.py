@@ -135,20 +135,15 @@ class DvidOperations(pyfuse3.Operations):
 
     # ------------------------------------------------------------ plumbing
     async def _run(self, fn, *args, limiter=None):
-        """Run a store-touching call in a worker thread; map errors to errnos."""
-        try:
-            return await trio.to_thread.run_sync(partial(fn, *args), limiter=limiter)
-        except DvidfsError as exc:
-            raise pyfuse3.FUSEError(exc.errno) from exc
+        """Run a store-touching call in a worker thread (errors become errnos in
+        `_never_escape`, around every handler)."""
+        return await trio.to_thread.run_sync(partial(fn, *args), limiter=limiter)
 
     def _inline(self, fn, *args):
         """Run a cheap metadata call (a few LevelDB point reads, no decoding) on
         the trio thread: a thread hop costs more than the call (measured: ~5 ms
         per `stat` under load with hops, 0.02 ms of work)."""
-        try:
-            return fn(*args)
-        except DvidfsError as exc:
-            raise pyfuse3.FUSEError(exc.errno) from exc
+        return fn(*args)
 
     def _entry(self, ino: int) -> Entry:
         e = self.inodes.entry(ino)

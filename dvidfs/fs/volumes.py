@@ -10,7 +10,7 @@ coordinate order, streamed (a listing costs what is read of it, whatever the
 extents).  Sizes are formulas of width and height (stored-deflate PNG,
 uncompressed TIFF): `ls -l` encodes nothing.
 
-Names written into a plane directory (`SliceName`):
+Names written into a plane directory (`parse_slice_name`, `is_temp_name`):
   * `00012.png`, `12.png`, `-0004.tif`: slice 12, slice -4 (ASCII digits, int32);
   * `<prefix><digits>.png|tif` with a prefix of letters first, e.g. ImageJ's
     *Save As > Image Sequence* `xy0012.png`: slice 12 too;
@@ -99,8 +99,9 @@ def volume_children(inst: Entry, tree: "Tree") -> list[tuple[str, Entry]]:
     return [(p, inst.child(PlaneDir, plane=p)) for p in plane_formats(inst.obj.dtype)]
 
 
-class PlaneDir(DirEntry):
-    accepts_temp_files = True
+class _OnPlane:
+    """What a plane directory and its slices share: the format and the axes of
+    their plane, and the attributes of a slice file (one size for every slice)."""
 
     @property
     def format(self) -> SliceFormat:
@@ -109,6 +110,15 @@ class PlaneDir(DirEntry):
     @property
     def axes(self):
         return PLANE[self.plane[:2]]
+
+    def slice_attr(self, tree: "Tree", ext) -> Attr:
+        fmt = self.format
+        return Attr("file", fmt.size(*self.axes.dims(ext)), not self.locked and fmt.writable,
+                    tree.mtime(self.node), self.locked)
+
+
+class PlaneDir(_OnPlane, DirEntry):
+    accepts_temp_files = True
 
     def slice_entry(self, coord: int) -> "Slice":
         return self.child(Slice, coord=coord)
@@ -126,12 +136,11 @@ class PlaneDir(DirEntry):
         ext = tree.extents(self)
         if ext is None:
             return []
-        fixed, fmt = self.axes.fixed, self.format
-        attr = Attr("file", fmt.size(*self.axes.dims(ext)), not self.locked and fmt.writable,
-                    tree.mtime(self.node), self.locked)
+        fixed = self.axes.fixed
         # Coordinate order (not name order): `ls -U`, `find`, os.listdir and
         # Fiji's virtual stack see slices in order even where names are negative.
-        return _SliceListing(self, range(ext.lo[fixed], ext.hi[fixed]), fmt.ext, attr)
+        return _SliceListing(self, range(ext.lo[fixed], ext.hi[fixed]), self.format.ext,
+                             self.slice_attr(tree, ext))
 
     def upload_limit(self, tree: "Tree") -> int:
         """The most bytes a slice file (or a temp file renamed onto one) may take."""
@@ -156,7 +165,7 @@ class _SliceListing(Sequence):
         return slice_name(c, self.ext), self.plane_dir.slice_entry(c), self.attr
 
 
-class Slice(Entry):
+class Slice(_OnPlane, Entry):
     rendered = True
     write_mode = ON_CLOSE
     starts_with_content = True
@@ -165,25 +174,23 @@ class Slice(Entry):
         ext = tree.extents(self)
         if not _inside(ext, self.plane, self.coord):
             raise NotFoundError(f"no {self.plane} slice {self.coord}")
-        fmt = plane_formats(self.obj.dtype)[self.plane]
-        return Attr("file", fmt.size(*PLANE[self.plane[:2]].dims(ext)), not self.locked and fmt.writable,
-                    tree.mtime(self.node), self.locked)
+        return self.slice_attr(tree, ext)
 
     def read(self, tree: "Tree") -> bytes:
         img = tree.core.read_slice(self.node, self.obj, self.plane[:2], self.coord)
-        return plane_formats(self.obj.dtype)[self.plane].encode(img)
+        return self.format.encode(img)
 
     def upload_limit(self, tree: "Tree") -> int:
         return self.child(PlaneDir).upload_limit(tree)
 
     def upload(self, tree: "Tree", data: bytes) -> str:
-        if not plane_formats(self.obj.dtype)[self.plane].writable:
+        if not self.format.writable:
             raise InvalidInputError(f"{self.plane} shows colours; write uint64 TIFF slices to "
                                     f"{self.plane[:2]}/ instead")
         ext = tree.extents(self)
         shape = None
         if ext is not None:  # checked from the file's header, before any pixel is decoded
-            w, h = PLANE[self.plane[:2]].dims(ext)
+            w, h = self.axes.dims(ext)
             shape = (h, w)
         img = decode_image(bytes(data), self.obj.dtype, shape)
         self.obj.write_slice(self.node, self.plane[:2], self.coord, img)
