@@ -234,6 +234,11 @@ def cmd_mount(args) -> None:
           config=Config.from_args(args))
 
 
+def cmd_serve(args) -> None:
+    from dvidfs.server.run import serve
+    serve(args.path, args.http, args.mount, config=Config.from_args(args), debug=args.debug)
+
+
 def cmd_umount(args) -> None:
     from dvidfs.fs.mount import unmount
     unmount(args.mountpoint)
@@ -352,6 +357,16 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--debug", action="store_true", help="log every FUSE request (implies -f)")
     Config.add_arguments(c)
     c.set_defaults(fn=cmd_mount)
+
+    c = sub.add_parser("serve", help="serve DVID's HTTP API (and optionally mount) in the foreground")
+    c.add_argument("path", help="store directory")
+    c.add_argument("--http", default="127.0.0.1:8000", metavar="HOST:PORT",
+                   help="address to listen on (default 127.0.0.1:8000; port 0: any free port; "
+                        "another host only when you mean it)")
+    c.add_argument("--mount", metavar="MNT", default=None, help="also mount the store at MNT")
+    c.add_argument("--debug", action="store_true", help="verbose logging")
+    Config.add_arguments(c)
+    c.set_defaults(fn=cmd_serve)
 
     c = sub.add_parser("umount", help="unmount")
     c.add_argument("mountpoint")

@@ -41,6 +41,7 @@ from dvidfs.store.cache import LRUCache
 from dvidfs.store.engine import OrderedKV
 from dvidfs.store.leveldb import LevelDBEngine
 from dvidfs.store.versioned import VersionView
+from dvidfs.timestamps import iso
 from dvidfs.versions.dag import VersionDB
 from dvidfs.versions.model import Instance, Node, Repo
 
@@ -138,8 +139,9 @@ class Dvid:
         self._publish(Change(node.repo, node.uuid))
 
     # ------------------------------------------------------------ repos
-    def new_repo(self, alias: str, description: str = "") -> Repo:
-        repo = self.db.new_repo(alias, description)
+    def new_repo(self, alias: str, description: str = "", root: str | None = None) -> Repo:
+        """A repo with one open root node (`root`: its UUID, if the caller chooses it)."""
+        repo = self.db.new_repo(alias, description, root)
         self._publish(Change(repo.root))
         return repo
 
@@ -156,6 +158,34 @@ class Dvid:
             if r.alias == alias:
                 return r
         raise NotFoundError(f"no repo {alias!r}")
+
+    def update_repo(self, repo: Repo, alias: str | None = None, description: str | None = None,
+                    log_lines: Iterable[str] = ()) -> Repo:
+        self.db.update_repo(repo, alias, description, log_lines)
+        self._publish(Change(repo.root))
+        return repo
+
+    def repo_info(self, repo: Repo, instance_info: Callable[[Node, str], dict] | None = None) -> dict:
+        """DVID's repo-info JSON: instances as seen from the master tip (each
+        described by `instance_info`, default `self.instance_info`), and the
+        DAG with parents/children as version ids (as DVID gives them)."""
+        instance_info = instance_info or self.instance_info
+        nodes = self.repo_nodes(repo)
+        uuid_of = {n.uuid: n.version_id for n in nodes}
+        dag = {}
+        for n in nodes:
+            d = n.info()
+            d["Branch"] = n.branch  # DVID: "" is master
+            d["Parents"] = [uuid_of[p] for p in n.parents]
+            d["Children"] = [uuid_of[c] for c in n.children]
+            dag[n.uuid] = d
+        tip = self.branches(repo).get("master") or nodes[0]
+        return {"Root": repo.root, "Alias": repo.alias, "Description": repo.description,
+                "Log": list(repo.log), "Properties": {},
+                "DataInstances": {name: instance_info(tip, name) for name in self.instances(tip)},
+                "DAG": {"Root": repo.root, "Nodes": dag},
+                "MutationID": self.db.last_id("mutation"), "SavedMutationID": self.db.last_id("mutation"),
+                "Created": iso(repo.created), "Updated": iso(repo.updated)}
 
     def repo_of(self, node: Node) -> Repo:
         return self.db.repos[node.repo]
@@ -190,16 +220,19 @@ class Dvid:
         self._publish(Change(node.repo, node.uuid, committed=True))
         return node
 
-    def branch(self, parent: Node, name: str | None = None, note: str = "") -> Node:
-        child = self.db.branch(parent, name, note)
+    def branch(self, parent: Node, name: str | None = None, note: str = "",
+               uuid: str | None = None) -> Node:
+        """A child of committed `parent`: a new branch `name`, or (no name) the
+        next version on the parent's branch.  `uuid`: DVID lets a client choose it."""
+        child = self.db.branch(parent, name, note, uuid)
         self._node_changed(parent)
         self._node_changed(child)
         return child
 
-    def merge(self, parents: list[Node], note: str = "") -> Node:
+    def merge(self, parents: list[Node], note: str = "", uuid: str | None = None) -> Node:
         """A new open node merging committed `parents` (refused on conflicts the
         data types' merge rules cannot resolve, naming the keys)."""
-        child = self.db.merge(parents, note, rules=self.types)
+        child = self.db.merge(parents, note, uuid, rules=self.types)
         for n in (*parents, child):
             self._node_changed(n)
         return child

@@ -18,6 +18,8 @@ import signal
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
+from typing import Iterator
 
 import pyfuse3
 import trio
@@ -78,13 +80,29 @@ def mount(store_path: str, mountpoint: str, foreground: bool = False, debug: boo
 def run_foreground(store_path: str, mountpoint: str, debug: bool = False,
                    config: Config | None = None) -> None:
     config = config or Config.load()
+    setup_process(config, debug)
+    store = Dvid(store_path, config=config)
+    try:
+        with fuse_mounted(store, mountpoint, debug) as ops:
+            trio.run(_serve, ops)
+    finally:
+        store.close()
+
+
+def setup_process(config: Config, debug: bool = False) -> None:
+    """Logging, and the GIL switch interval a process serving FUSE needs."""
     logging.basicConfig(level=logging.DEBUG if debug else logging.INFO,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     # The trio thread answers every FUSE request; with the default 5 ms GIL
     # switch interval it can wait that long behind a worker thread that is
     # assembling a slice, which serialises readers.  A shorter interval lets it in.
     sys.setswitchinterval(config.switch_interval)
-    store = Dvid(store_path, config=config)
+
+
+@contextmanager
+def fuse_mounted(store: Dvid, mountpoint: str, debug: bool = False) -> Iterator[DvidOperations]:
+    """Mount `store` at `mountpoint` for the body of the `with` (run
+    `fuse_main(ops)` inside trio to answer requests); always unmounts."""
     ops = DvidOperations(Tree(store))
     # default_permissions: the kernel checks the mode bits we report.  No
     # allow_other: only the mounting user may enter the mount, whatever the
@@ -96,25 +114,28 @@ def run_foreground(store_path: str, mountpoint: str, debug: bool = False,
     try:
         pyfuse3.init(ops, mountpoint, options)
     except RuntimeError as exc:
-        store.close()
         raise DvidfsError(f"cannot mount {mountpoint}: {exc}") from None
     try:
         store.mark_mounted(mountpoint)  # inside the try: a refused marker still unmounts
-        trio.run(_serve, ops)
+        yield ops
     finally:
         pyfuse3.close(unmount=True)
         ops.close()
         store.clear_mounted()
-        store.close()
         logging.getLogger("dvidfs.fs").info("unmounted %s", mountpoint)
 
 
-async def _serve(ops: DvidOperations, signals: bool = True) -> None:
+async def fuse_main(ops: DvidOperations) -> None:
+    """Answer FUSE requests until `pyfuse3.terminate()` or an unmount."""
     ops.attach()
+    await pyfuse3.main()
+
+
+async def _serve(ops: DvidOperations, signals: bool = True) -> None:
     async with trio.open_nursery() as nursery:
         if signals:
             nursery.start_soon(_stop_on_signal, nursery)
-        await pyfuse3.main()
+        await fuse_main(ops)
         nursery.cancel_scope.cancel()
 
 

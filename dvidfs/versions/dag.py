@@ -204,11 +204,15 @@ class VersionDB:
     # ------------------------------------------------------------- writing
     def _next_id(self, batch: Batch, counter: str) -> int:
         k = keys.meta_key("counter:" + counter)
-        raw = self.engine.get(k)
-        nxt = (struct.unpack(">I", raw)[0] if raw else 0) + 1
+        nxt = self.last_id(counter) + 1
         # batches are applied under self.lock, so no other writer sees the old value
         batch.put(k, struct.pack(">I", nxt))
         return nxt
+
+    def last_id(self, counter: str) -> int:
+        """The newest id handed out by counter `counter` (0 if none yet)."""
+        raw = self.engine.get(keys.meta_key("counter:" + counter))
+        return struct.unpack(">I", raw)[0] if raw else 0
 
     def _save(self, batch: Batch, obj: Repo | Node) -> None:
         if isinstance(obj, Repo):
@@ -376,6 +380,30 @@ class VersionDB:
         with self.lock:
             return self._save_node(node, replace(node, log=[*node.log, *(l for l in lines if l)],
                                                  updated=now()))
+
+    def update_repo(self, repo: Repo, alias: str | None = None, description: str | None = None,
+                    log: Iterable[str] = ()) -> Repo:
+        """Rename or re-describe a repo, or append lines to its log (DVID's
+        POST repo info / repo log)."""
+        with self.lock:
+            changes: dict = {"updated": now()}
+            if alias is not None and alias != repo.alias:
+                if not NAME_RE.match(alias) or _HEX_RE.match(alias.lower()):
+                    raise InvalidInputError(f"{alias!r} is not a valid repo name")
+                if any(r.alias == alias for r in self.repos.values()):
+                    raise ExistsError(f"a repo named {alias!r} already exists")
+                changes["alias"] = alias
+            if description is not None:
+                changes["description"] = description
+            lines = [l for l in log if l]
+            if lines:
+                changes["log"] = [*repo.log, *lines]
+            staged = replace(repo, **changes)
+            batch = Batch()
+            self._save(batch, staged)
+            self.engine.apply(batch, sync=True)
+            _adopt(repo, staged)
+            return repo
 
     def set_note(self, node: Node, note: str) -> Node:
         with self.lock:
