@@ -29,6 +29,7 @@ import threading
 import numpy as np
 
 from dvidfs.geometry import PLANE_OF_AXIS, XYZ, Box
+from dvidfs.data import downres
 from dvidfs.data.labelindex import LabelIndex, pack_block, unpack_block
 from dvidfs.data.volume import BlockVolume, describe_block
 from dvidfs.errors import ConflictError, InvalidInputError, NotFoundError
@@ -173,9 +174,16 @@ class Labels(BlockVolume):
             self._maps.pop(version, None)
 
     # ------------------------------------------------------------ reading
-    def read(self, view: VersionView, offset: XYZ, size: XYZ, supervoxels: bool = False) -> np.ndarray:
+    def read(self, view: VersionView, offset: XYZ, size: XYZ, supervoxels: bool = False,
+             scale: int = 0) -> np.ndarray:
+        """Labels of a box ([z, y, x]); `offset`/`size` are in voxels of level
+        `scale` (levels above 0 are computed from level 0: data/downres.py)."""
         view = self.as_view(view)
-        out = super().read(view, offset, size)
+        if scale:
+            with self.engine.snapshot() as snap:
+                out = downres.read_supervoxels_scaled(self, snap, view, offset, size, scale)
+        else:
+            out = super().read(view, offset, size)
         return out if supervoxels else self.mapping(view).apply(out)
 
     def read_slice(self, view: VersionView, plane: str, coord: int, supervoxels: bool = False) -> np.ndarray:
