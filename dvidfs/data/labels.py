@@ -13,9 +13,18 @@ supervoxel -> body mapping, a per-body label index, sparsevols, merge and split.
 * A **split** cuts the voxels given as a sparsevol out of a body: only the
   blocks the sparsevol touches are rewritten, with a new id from the versioned
   max-label counter.
-* Every merge/split is appended to the instance's **mutation log** (JSON
-  records keyed by a repo-wide mutation id, stored in the node that made them,
-  so a sibling branch never sees them).
+* A **cleave** moves some supervoxels of a body to a new body: mapping keys
+  and index rows only, like a merge.
+* **New ids** (split, cleave, `reserve_labels` = DVID's POST nextlabel) come
+  from above the repo-wide max label (DVID's MaxRepoLabel), which every write
+  and reservation raises in its own batch: no two ever hand out the same id.
+* Every merge/split/cleave is appended to the instance's **mutation log** (JSON
+  records keyed by a repo-wide mutation id, with the client's `User`/`App`,
+  stored in the node that made them, so a sibling branch never sees them).  A
+  body's last modification (DVID's lastmod) is the newest record naming it;
+  voxel writes make no record.
+* Body reads (sparsevol at any scale, sizes, block bounds) start from the label
+  index and read only the blocks it names.
 
 Concurrency: as for every volume, mutations run under `VersionDB.lock`; the
 mapping cache is rebuilt lazily and guarded by a per-version generation count.
@@ -79,6 +88,12 @@ def _merge_index(ctx) -> bytes | None:
     for d in changes:
         merged = merged.add(d.blocks, d.svs, d.counts)
     return merged.encode() if len(merged) else None
+
+
+def _labels_of(record: dict) -> set[int]:
+    """The bodies a mutation record names as changed (lastmod): a merge's target,
+    a split's body and new label, a cleave's body and cleaved label."""
+    return {int(record[k]) for k in ("Target", "NewLabel", "OrigLabel", "CleavedLabel") if k in record}
 
 
 class Mapping:
@@ -191,6 +206,38 @@ class Labels(BlockVolume):
         out = super().read_slice(view, plane, coord)
         return out if supervoxels else self.mapping(view).apply(out)
 
+    def labels_at(self, view: VersionView, points_xyz, supervoxels: bool = False,
+                  scale: int = 0) -> np.ndarray:
+        """Label (uint64) at each (x, y, z) point, in voxels of level `scale`, in
+        the order given; never-written space is 0.  Points are grouped by block
+        and each block is read once, in one snapshot: clients send DVID's GET
+        `labels` 10^4 points at a time, mostly clustered."""
+        view = self.as_view(view)
+        downres.check_scale(scale, self.grid.size)
+        pts = np.asarray(points_xyz, dtype=np.int64).reshape(-1, 3)
+        if len(pts) and (pts.min() < -2**31 or pts.max() > 2**31 - 1):
+            raise InvalidInputError("a point lies outside the int32 coordinate range DVID uses")
+        out = np.zeros(len(pts), np.uint64)
+        size = np.array(self.grid.size, np.int64)
+        bcoords = pts // size
+        inner = pts - bcoords * size
+        uniq, inverse = np.unique(bcoords, axis=0, return_inverse=True)
+        order = np.argsort(inverse.reshape(-1), kind="stable")
+        groups = np.split(order, np.cumsum(np.bincount(inverse.reshape(-1), minlength=len(uniq)))[:-1])
+        gen = self.generation(view)
+        with self.engine.snapshot() as snap:
+            for bc, sel in zip(uniq.tolist(), groups):
+                if scale:
+                    lo = tuple(c * s for c, s in zip(bc, self.grid.size))
+                    block = downres.read_supervoxels_scaled(self, snap, view, lo, self.grid.size, scale)
+                else:  # through the block cache: clients ask for the same blocks again and again
+                    bbox = self.grid.block_box(tuple(bc))
+                    block = next((b for _, b in self.iter_blocks(snap, view, bbox, gen)), None)
+                if block is not None:
+                    ix = inner[sel]
+                    out[sel] = block[ix[:, 2], ix[:, 1], ix[:, 0]]
+        return out if supervoxels else self.mapping(view).apply(out)
+
     def index(self, view: VersionView, body: int, reader: Reader | None = None) -> LabelIndex | None:
         view = self.as_view(view)
         v = versioned.get(reader or self.engine, self.inst.id, _u64_tkey(keys.CLASS_LABEL_INDEX, body), view)
@@ -233,49 +280,214 @@ class Labels(BlockVolume):
         v = versioned.get(reader or self.engine, self.inst.id, MAXLABEL_TKEY, view)
         return struct.unpack("<Q", v)[0] if v else 0
 
-    def sparsevol_runs(self, view: VersionView, body: int, min_xyz=None, max_xyz=None) -> np.ndarray:
-        """Runs (n, 4) [x, y, z, length] of the body's voxels, DVID order, optionally
-        clipped to an inclusive box (DVID's minx..maxz)."""
+    def body_index(self, view: VersionView, label: int, supervoxels: bool = False,
+                   reader: Reader | None = None) -> LabelIndex:
+        """The index rows every body question starts from: those of body `label`,
+        or with `supervoxels=True` only the rows of supervoxel `label` (found in
+        the index of the body it is mapped to).  NotFoundError when it has no voxels."""
         view = self.as_view(view)
+        if not supervoxels:
+            return self.require_index(view, label, reader)
+        idx = self.index(view, self.mapping(view, reader).body(label), reader)
+        rows = idx.svs == np.uint64(label) if idx is not None else None
+        if rows is None or not rows.any():
+            raise NotFoundError(f"supervoxel {label} does not exist in {self.inst.name!r} at this node")
+        return LabelIndex(idx.blocks[rows], idx.svs[rows], idx.counts[rows])
+
+    def _region(self, min_xyz, max_xyz, scale: int = 0) -> Box | None:
+        """The level-0 voxels behind inclusive bounds given in voxels of level
+        `scale` (DVID's minx..maxz, each optional), or None when unbounded."""
+        if min_xyz is None and max_xyz is None:
+            return None
+        f = 1 << scale
+        lo = [(-2**31 if v is None else int(v) * f) for v in (min_xyz or (None,) * 3)]
+        hi = [(2**31 - 1 if v is None else (int(v) + 1) * f - 1) for v in (max_xyz or (None,) * 3)]
+        if any(h < l for l, h in zip(lo, hi)):
+            return Box(tuple(lo), tuple(lo))  # empty: nothing is inside
+        return Box(tuple(lo), tuple(h + 1 for h in hi))
+
+    def _blocks_in(self, idx: LabelIndex, region: Box | None) -> dict[XYZ, np.ndarray]:
+        """Level-0 block -> the indexed supervoxels in it, for blocks touching `region`."""
+        out = {}
+        for bkey, svs in idx.svs_in_blocks().items():
+            bcoord = unpack_block(bkey)
+            if region is None or self.grid.block_box(bcoord).intersect(region) is not None:
+                out[bcoord] = svs
+        return out
+
+    def body_masks(self, view: VersionView, label: int, min_xyz=None, max_xyz=None, *,
+                   scale: int = 0, supervoxels: bool = False):
+        """(block coordinate at level `scale`, bool [z, y, x] mask of the label in
+        that block) for every block holding some of it inside the inclusive bounds
+        (voxels of level `scale`), in z, y, x order.  Only blocks the label index
+        names are read.  At scale N each level-0 block is downsampled on its own
+        (data/downres.py: mode of supervoxels) and compared with the label's
+        supervoxels of that block -- the same as mapping the downsampled
+        supervoxels and comparing with the body, since a downsampled voxel
+        keeps the value of a voxel of its own block."""
+        view = self.as_view(view)
+        downres.check_scale(scale, self.grid.size)
+        f = 1 << scale
+        size = self.grid.size
+        piece = tuple(s // f for s in size)
+        region = self._region(min_xyz, max_xyz, scale)
         gen = self.generation(view)
         with self.engine.snapshot() as snap:
-            idx = self.require_index(view, body, snap)
-            bounds = None
-            if min_xyz is not None or max_xyz is not None:
-                lo = [(-2**31 if v is None else v) for v in (min_xyz or (None,) * 3)]
-                hi = [(2**31 - 2 if v is None else v) for v in (max_xyz or (None,) * 3)]
-                bounds = Box(tuple(lo), tuple(h + 1 for h in hi))
-            parts = []
-            for bkey, svs in idx.svs_in_blocks().items():
-                bcoord = unpack_block(bkey)
-                bbox = self.grid.block_box(bcoord)
-                if bounds is not None and bbox.intersect(bounds) is None:
-                    continue
-                block = self.block(snap, view, bcoord, gen)
-                if block is None:
-                    raise InvalidInputError(f"label index of {body} names block {bcoord}, which is missing")
-                mask = np.isin(block, svs) if len(svs) > 1 else block == svs[0]
-                parts.append(sv.runs_from_mask(mask, bbox.lo))
-        if not parts:
-            return sv.empty_runs()
-        runs = sv.merge_runs(np.concatenate(parts))
-        if min_xyz is not None or max_xyz is not None:
-            runs = sv.clip_runs(runs, min_xyz or (None,) * 3, max_xyz or (None,) * 3)
-        return runs
+            idx = self.body_index(view, label, supervoxels, snap)
+            groups: dict[XYZ, list[tuple[XYZ, np.ndarray]]] = {}
+            for bcoord, svs in self._blocks_in(idx, region).items():
+                groups.setdefault(tuple(c // f for c in bcoord), []).append((bcoord, svs))
+            for out in sorted(groups, key=lambda c: (c[2], c[1], c[0])):
+                mask = np.zeros(self.grid.shape_zyx, bool)
+                for bcoord, svs in groups[out]:
+                    block = self.block(snap, view, bcoord, gen)
+                    if block is None:
+                        raise InvalidInputError(f"label index of {label} names block {bcoord}, which is missing")
+                    small = downres.downsample(block, scale)
+                    hit = np.isin(small, svs) if len(svs) > 1 else small == svs[0]
+                    x, y, z = ((b - o * f) * p for b, o, p in zip(bcoord, out, piece))
+                    mask[z:z + piece[2], y:y + piece[1], x:x + piece[0]] = hit
+                if region is not None:
+                    self._clip_mask(mask, tuple(o * s for o, s in zip(out, size)), min_xyz, max_xyz)
+                if mask.any():
+                    yield out, mask
+
+    @staticmethod
+    def _clip_mask(mask: np.ndarray, origin: XYZ, min_xyz, max_xyz) -> None:
+        """Clear the voxels of a block mask (first voxel at `origin`) outside the bounds."""
+        for axis, (o, n) in enumerate(zip(origin, mask.shape[::-1])):
+            lo = (min_xyz or (None,) * 3)[axis]
+            hi = (max_xyz or (None,) * 3)[axis]
+            a = 0 if lo is None else min(max(int(lo) - o, 0), n)
+            b = n if hi is None else min(max(int(hi) - o + 1, 0), n)
+            sl = [slice(None)] * 3
+            sl[2 - axis] = slice(0, a)
+            mask[tuple(sl)] = False
+            sl[2 - axis] = slice(b, n)
+            mask[tuple(sl)] = False
+
+    def sparsevol_runs(self, view: VersionView, body: int, min_xyz=None, max_xyz=None, *,
+                       scale: int = 0, supervoxels: bool = False) -> np.ndarray:
+        """Runs (n, 4) [x, y, z, length] of the body's voxels (or one supervoxel's)
+        at level `scale`, DVID order, clipped to an inclusive box (DVID's
+        minx..maxz, in voxels of that level); no runs when none is inside."""
+        size = self.grid.size
+        parts = [sv.runs_from_mask(mask, tuple(c * s for c, s in zip(out, size)))
+                 for out, mask in self.body_masks(view, body, min_xyz, max_xyz, scale=scale,
+                                                  supervoxels=supervoxels)]
+        return sv.merge_runs(np.concatenate(parts)) if parts else sv.empty_runs()
 
     def sparsevol(self, view: VersionView, body: int, min_xyz=None, max_xyz=None) -> bytes:
         """DVID's `rles` bytes for the body."""
         return sv.encode_rles(self.sparsevol_runs(view, body, min_xyz, max_xyz))
 
+    def coarse_runs(self, view: VersionView, body: int, min_xyz=None, max_xyz=None,
+                    supervoxels: bool = False) -> np.ndarray:
+        """Runs of the body's blocks in block coordinates (DVID's sparsevol-coarse),
+        only blocks touching the inclusive voxel bounds; from the index alone."""
+        idx = self.body_index(view, body, supervoxels)
+        coords = np.array(list(self._blocks_in(idx, self._region(min_xyz, max_xyz))), np.int32).reshape(-1, 3)
+        runs = np.column_stack([coords, np.ones(len(coords), np.int32)]).astype(np.int32)
+        return sv.merge_runs(runs)
+
     def sparsevol_coarse(self, view: VersionView, body: int) -> bytes:
         """Same format, runs in block coordinates (DVID's sparsevol-coarse)."""
-        coords = np.array(self.block_coords(view, body), np.int32).reshape(-1, 3)
-        runs = np.column_stack([coords, np.ones(len(coords), np.int32)]).astype(np.int32)
-        return sv.encode_rles(sv.merge_runs(runs))
+        return sv.encode_rles(self.coarse_runs(view, body))
 
     def bbox(self, view: VersionView, body: int) -> tuple[XYZ, XYZ]:
         """Inclusive min/max voxel of the body."""
         return sv.runs_bbox(self.sparsevol_runs(view, body))
+
+    def sparsevol_size(self, view: VersionView, label: int, supervoxels: bool = False) -> dict:
+        """DVID's sparsevol-size: voxels, block count and the bounds of those blocks
+        in voxels (accurate to the block, not the voxel) -- from the index only."""
+        idx = self.body_index(view, label, supervoxels)
+        coords = np.array([unpack_block(int(k)) for k in idx.block_keys()], np.int64)
+        size = np.array(self.grid.size, np.int64)
+        return {"voxels": idx.size, "numblocks": len(coords),
+                "minvoxel": (coords.min(axis=0) * size).tolist(),
+                "maxvoxel": ((coords.max(axis=0) + 1) * size - 1).tolist()}
+
+    def has_voxels_in(self, view: VersionView, label: int, min_xyz=None, max_xyz=None,
+                      supervoxels: bool = False) -> bool:
+        """Whether the label has voxels in a block touching the inclusive (level-0)
+        bounds -- DVID's HEAD sparsevol, which widens the bounds to whole blocks
+        and reads only the index.  An absent label has none (False, not an error)."""
+        try:
+            idx = self.body_index(view, label, supervoxels)
+        except NotFoundError:
+            return False
+        return bool(self._blocks_in(idx, self._region(min_xyz, max_xyz)))
+
+    def sizes(self, view: VersionView, labels, supervoxels: bool = False) -> list[int]:
+        """Voxel count of each body (or supervoxel), 0 for an absent one, in one snapshot."""
+        view = self.as_view(view)
+        out = []
+        with self.engine.snapshot() as snap:
+            mapping = self.mapping(view, snap) if supervoxels else None
+            for label in labels:
+                idx = self.index(view, label if mapping is None else mapping.body(label), snap)
+                if idx is None:
+                    out.append(0)
+                elif mapping is not None:
+                    out.append(int(idx.counts[idx.svs == np.uint64(label)].sum()))
+                else:
+                    out.append(idx.size)
+        return out
+
+    def supervoxel_sizes(self, view: VersionView, body: int) -> tuple[list[int], list[int]]:
+        """The body's supervoxels (ascending) and the voxel count of each."""
+        idx = self.require_index(view, body)
+        svs, inverse = np.unique(idx.svs, return_inverse=True)
+        return svs.tolist(), np.bincount(inverse.reshape(-1), weights=idx.counts).astype(np.int64).tolist()
+
+    def map_supervoxels(self, view: VersionView, svs, verify: bool = True) -> list[int]:
+        """The body of each supervoxel (DVID's GET mapping).  A supervoxel with no
+        mapping entry is its own body; with `verify` it is checked against that
+        body's index and answers 0 ("no such id") when it has no voxels, as DVID's
+        lookup does.  Mapped supervoxels are answered from the mapping alone."""
+        view = self.as_view(view)
+        with self.engine.snapshot() as snap:
+            mapping = self.mapping(view, snap)
+            out = []
+            for s in svs:
+                s = int(s)
+                if s in mapping.pairs or not verify:
+                    out.append(mapping.body(s))
+                    continue
+                idx = self.index(view, s, snap) if s else None
+                out.append(s if idx is not None and bool((idx.svs == np.uint64(s)).any()) else 0)
+        return out
+
+    def list_bodies(self, view: VersionView, start: int = 0, number: int | None = None,
+                    with_sizes: bool = False) -> list[tuple[int, int]]:
+        """(body, voxels or 0) for up to `number` bodies with id >= start, ascending
+        (DVID's listlabels); sizes only read when asked for."""
+        view = self.as_view(view)
+        lo = _u64_tkey(keys.CLASS_LABEL_INDEX, start)
+        hi = _u64_tkey(keys.CLASS_LABEL_INDEX, 2**64 - 1)
+        out = []
+        for tk, value in versioned.scan(self.engine, self.inst.id, lo, hi, view, include_value=with_sizes):
+            if number is not None and len(out) >= number:
+                break
+            out.append((_U64.unpack(tk[1:])[0], LabelIndex.decode(value).size if with_sizes else 0))
+        return out
+
+    def lastmod(self, view: VersionView, label: int) -> dict:
+        """The newest mutation record naming the body (merge target, split source
+        or new label, cleave source or cleaved label), as DVID's lastmod fields;
+        a body no merge/split/cleave touched answers mutation id 0 and empty
+        strings (voxel writes are not mutation records here).  NotFoundError if absent."""
+        self.require_index(view, label)
+        for rec in reversed(self.mutations(view)):
+            if label in _labels_of(rec):
+                return {"mutation id": rec["MutationID"], "last mod user": rec.get("User", ""),
+                        "last mod app": rec.get("App", ""), "last mod time": rec.get("Timestamp", "")}
+        return {"mutation id": 0, "last mod user": "", "last mod app": "", "last mod time": ""}
+
+    def next_label(self) -> int:
+        """The first id a reservation or a split would hand out now (DVID's nextlabel)."""
+        return self.repo_max_label() + 1
 
     # ------------------------------------------------------------ writing: index upkeep
     def begin_stage(self, reader: Reader, view: VersionView) -> None:
@@ -317,12 +529,17 @@ class Labels(BlockVolume):
                 body = int(bodies[sl[0]])
                 idx = self.index(view, body, reader) or LabelIndex()
                 self._put_index(batch, node, body, idx.add(blocks[sl], svs[sl], deltas[sl]))
+        self._stage_max(batch, reader, node, view)
+        self._deltas = []
+
+    def _stage_max(self, batch: Batch, reader: Reader, node: Node, view: VersionView) -> None:
+        """Raise the node's and the repo-wide max label to the largest id written
+        or claimed in this batch (never lower them)."""
         if self._max_written > self.max_label(view, reader):
             versioned.put(batch, self.inst.id, MAXLABEL_TKEY, node.version_id,
                           struct.pack("<Q", self._max_written))
         if self._max_written > self.repo_max_label():
             batch.put(self._repo_max_key(), struct.pack("<Q", self._max_written))
-        self._deltas = []
 
     def after_apply(self, node: Node) -> None:
         """The mapping cache of `node` is dropped before any subscriber hears of a merge."""
@@ -339,10 +556,15 @@ class Labels(BlockVolume):
             versioned.delete(batch, self.inst.id, tk, node.version_id)
 
     # ------------------------------------------------------------ mutations
-    def _log(self, batch: Batch, node: Node, record: dict) -> dict:
+    def _log(self, batch: Batch, node: Node, record: dict, user: str = "", app: str = "") -> dict:
+        """Stage one mutation record (DVID's JSON mutation-log fields; `User` and
+        `App` only when given, as DVID writes them) under a new repo-wide id."""
         mid = self.db._next_id(batch, "mutation")
-        record = {"MutationID": mid, **record, "UUID": node.uuid,
-                  "Timestamp": iso(now())}
+        record = {"MutationID": mid, **record, "UUID": node.uuid, "Timestamp": iso(now())}
+        if user:
+            record["User"] = str(user)
+        if app:
+            record["App"] = str(app)
         versioned.put(batch, self.inst.id, _u64_tkey(keys.CLASS_MUTATION_LOG, mid), node.version_id,
                       json.dumps(record).encode())
         return record
@@ -354,7 +576,29 @@ class Labels(BlockVolume):
         hi = _u64_tkey(keys.CLASS_MUTATION_LOG, 2**64 - 1)
         return [json.loads(v) for _, v in versioned.scan(self.engine, self.inst.id, lo, hi, view)]
 
-    def merge(self, node: Node, target: int, others: list[int]) -> dict:
+    def _claim_ids(self, view: VersionView, reader: Reader, count: int) -> int:
+        """First of `count` fresh ids for a write being staged: above every id any
+        version ever wrote or reserved (DVID's MaxRepoLabel), so branches never
+        share one.  end_stage records them as written, in the same batch."""
+        start = max(self.max_label(view, reader), self.repo_max_label()) + 1
+        if start + count - 1 >= 2**64:
+            raise InvalidInputError(f"cannot hand out {count} new label id(s): the uint64 ids above "
+                                    f"{start - 1} run out; nothing was changed")
+        self._max_written = max(self._max_written, start + count - 1)
+        return start
+
+    def reserve_labels(self, node: Node, count: int) -> tuple[int, int]:
+        """Reserve `count` new ids (DVID's POST nextlabel): returns the inclusive
+        range.  The repo-wide and the node's max label move past it atomically, so
+        no later reservation, split or cleave hands out any of them."""
+        count = int(count)
+        if count < 1:
+            raise InvalidInputError(f"cannot reserve {count} labels: ask for 1 or more")
+        with self.staged_write(node) as (batch, snap, view):  # end_stage stores the new maxima
+            start = self._claim_ids(view, snap, count)
+        return start, start + count - 1
+
+    def merge(self, node: Node, target: int, others: list[int], user: str = "", app: str = "") -> dict:
         """Merge bodies `others` into `target`: mapping and index only, no voxel block rewritten."""
         target, others = int(target), [int(o) for o in others]
         if not others:
@@ -377,14 +621,51 @@ class Labels(BlockVolume):
                 tidx = tidx.union(oidx)
                 self._put_index(batch, node, o, LabelIndex())
             for s in sorted(remap):
-                versioned.put(batch, self.inst.id, _u64_tkey(keys.CLASS_MAPPING, s),
-                              node.version_id, struct.pack("<Q", target))
+                self._put_mapping(batch, node, s, target)
             self._put_index(batch, node, target, tidx)
-            rec = self._log(batch, node, {"Action": "merge", "Target": target, "Labels": others})
+            rec = self._log(batch, node, {"Action": "merge", "Target": target, "Labels": others}, user, app)
             self._mapping_changed = True
         return rec
 
-    def split(self, node: Node, body: int, rles: bytes) -> dict:
+    def _put_mapping(self, batch: Batch, node: Node, sv_id: int, body: int) -> None:
+        versioned.put(batch, self.inst.id, _u64_tkey(keys.CLASS_MAPPING, sv_id), node.version_id,
+                      struct.pack("<Q", body))
+
+    def cleave(self, node: Node, body: int, svs: list[int], user: str = "", app: str = "") -> dict:
+        """Move supervoxels `svs` of `body` to a new body (DVID's cleave): mapping
+        keys and index rows only, no voxel block rewritten.  Every listed
+        supervoxel must be in the body (or mapped to it with no voxels left, a
+        "ghost"), and some must stay; otherwise nothing changes."""
+        body, svs = int(body), [int(s) for s in svs]
+        if not svs:
+            raise InvalidInputError("cleave needs at least one supervoxel")
+        if len(set(svs)) != len(svs):
+            raise InvalidInputError("a supervoxel is listed twice in the cleave")
+        if 0 in svs:
+            raise InvalidInputError("label 0 is background and cannot be cleaved")
+        with self.staged_write(node) as (batch, snap, view):
+            idx = self.require_index(view, body, snap)
+            pairs = self.mapping(view, snap).pairs
+            have = set(idx.supervoxels().tolist())
+            for s in svs:
+                if s not in have and pairs.get(s) != body:
+                    raise InvalidInputError(f"cleave refused: supervoxel {s} is not in body {body}; "
+                                            "nothing was changed")
+            if have <= set(svs):
+                raise InvalidInputError(f"cleave refused: it would take every supervoxel of body {body}; "
+                                        "nothing was changed")
+            new_id = self._claim_ids(view, snap, 1)
+            rows = np.isin(idx.svs, np.array(svs, np.uint64))
+            self._put_index(batch, node, body, LabelIndex(idx.blocks[~rows], idx.svs[~rows], idx.counts[~rows]))
+            self._put_index(batch, node, new_id, LabelIndex(idx.blocks[rows], idx.svs[rows], idx.counts[rows]))
+            for s in sorted(svs):
+                self._put_mapping(batch, node, s, new_id)
+            rec = self._log(batch, node, {"Action": "cleave", "OrigLabel": body, "CleavedLabel": new_id,
+                                          "CleavedSupervoxels": svs}, user, app)
+            self._mapping_changed = True
+        return rec
+
+    def split(self, node: Node, body: int, rles: bytes, user: str = "", app: str = "") -> dict:
         """Move the voxels given as a DVID sparsevol out of `body` into a new body.
         Every voxel must belong to `body`; otherwise nothing changes."""
         body = int(body)
@@ -402,9 +683,7 @@ class Labels(BlockVolume):
         with self.staged_write(node) as (batch, snap, view):
             self.require_index(view, body, snap)
             mapping = self.mapping(view, snap)
-            new_id = max(self.max_label(view, snap), self.repo_max_label()) + 1
-            if new_id >= 2**64:
-                raise InvalidInputError("split refused: every uint64 label id is taken; nothing was changed")
+            new_id = self._claim_ids(view, snap, 1)
             cut = 0
             for bcoord in self._blocks_of_runs(runs):
                 bbox = self.grid.block_box(bcoord)
@@ -422,7 +701,7 @@ class Labels(BlockVolume):
                 cut += int(mask.sum())
                 self.stage_block(batch, node, bcoord, old, new)
             rec = self._log(batch, node, {"Action": "split", "Target": body, "NewLabel": new_id,
-                                          "Voxels": cut})
+                                          "Voxels": cut}, user, app)
         return rec
 
     def _blocks_of_runs(self, runs: np.ndarray) -> list[XYZ]:

@@ -26,6 +26,7 @@ from dvidfs.errors import InvalidInputError, NotFoundError, ReadOnlyError
 from dvidfs.formats.blockcopy import NATIVE_HEADERS, copy_blocks
 from dvidfs.store import keys, versioned
 from dvidfs.store.engine import Batch, Reader
+from dvidfs.store.values import decode_value
 from dvidfs.store.versioned import VersionView
 from dvidfs.data.types import DataType, TypeContext
 from dvidfs.versions.model import Instance, Node
@@ -472,6 +473,33 @@ class BlockVolume(DataType):
 
     def stage_delete(self, batch: Batch, node: Node, bcoord: XYZ, old: np.ndarray) -> None:
         versioned.delete(batch, self.inst.id, self.block_tkey(bcoord), node.version_id)
+
+    # ---------------------------------------------------------------- HTTP block endpoints
+    def set_extents(self, node: Node, box: Box) -> None:
+        """Replace the extents of `node` (DVID's POST extents: last one wins).
+        Later writes still grow them to cover what they store."""
+        with self.staged_write(node) as (batch, snap, view):
+            versioned.put(batch, self.inst.id, EXTENTS_TKEY, node.version_id, _box_to_json(box))
+
+    def stored_blocks(self, view: VersionView, box: Box | None = None, coords=None):
+        """(block coord, block payload) of every stored block touching `box`, or
+        of each stored block among `coords` in the order given; absent blocks
+        are skipped.  The payload is the stored value uncompressed: raw [z, y, x]
+        voxels for grayscale, DVID's compressed label block for labels — what
+        DVID's block endpoints forward or re-encode.  One snapshot for all."""
+        view = self.as_view(view)
+        with self.engine.snapshot() as snap:
+            if box is not None:
+                items = [(self.block_coord(tk), value)
+                         for tk, _, _, value in self._iter_stored(snap, view, box, 0, cached=False)]
+            else:
+                items = []
+                for c in coords:
+                    e = versioned.get_versioned(snap, self.inst.id, self.block_tkey(c), view)
+                    if e is not None:
+                        items.append((tuple(c), e[1]))
+        for c, value in items:
+            yield c, decode_value(value)
 
     # ---------------------------------------------------------------- info
     def info(self, view: VersionView) -> dict:
