@@ -6,6 +6,7 @@ then a real hypercorn server on 127.0.0.1 (tests/serving.py), then the real
 command in a subprocess with a real FUSE mount, stopped by SIGTERM."""
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -14,8 +15,10 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 import requests
+from PIL import Image
 
 from conftest import full_scan
 from dvidfs.core import Dvid
@@ -231,9 +234,18 @@ def test_serve_with_mount_shares_one_store_both_ways_and_stops_on_sigterm(tmp_pa
     mnt.mkdir()
     with Dvid.init(store_path) as s:
         u = s.new_repo("em").root
+        s.new_instance(s.node(u), "gray", "grayscale", block_size=8).write(
+            s.node(u), (0, 0, 0), np.zeros((4, 16, 16), np.uint8))
     proc, url = _start_serve(store_path, "--mount", mnt)
     try:
         assert is_mounted(mnt)
+        # voxels written over HTTP are what the mount's slice shows next (no stale page)
+        slice2 = mnt / "em" / u / "gray" / "xy" / "00002.png"
+        assert not np.asarray(Image.open(io.BytesIO(slice2.read_bytes()))).any()
+        cube = np.arange(4 * 16 * 16, dtype=np.uint32).reshape(4, 16, 16).astype(np.uint8)
+        r = requests.post(f"{url}/api/node/{u}/gray/raw/0_1_2/16_16_4/0_0_0", data=cube.tobytes())
+        assert r.status_code == 200, r.text
+        assert np.array_equal(np.asarray(Image.open(io.BytesIO(slice2.read_bytes()))), cube[2])
         note = mnt / "em" / u / ".dvid" / "note"
         # HTTP -> mount: the kernel must not serve a stale note
         assert note.read_text().strip() == "root"
