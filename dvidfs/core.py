@@ -308,9 +308,10 @@ class Dvid:
         return self.readahead.read_slice(data, view, plane, coord)
 
     # ------------------------------------------------------------ the store directory
-    def mark_mounted(self, mountpoint: str) -> None:
+    def mark_mounted(self, mountpoint: str | None, url: str | None = None) -> None:
+        """Say, in the store directory, where this process mounts and/or serves it."""
         if self.path:
-            storedir.mark_mounted(self.path, mountpoint)
+            storedir.mark_mounted(self.path, mountpoint, url)
 
     def clear_mounted(self) -> None:
         if self.path:

@@ -1,7 +1,7 @@
 """What a store directory holds besides the engine's files.
 
     <store>/leveldb/           the LevelDB engine (dvidfs/store/leveldb.py)
-    <store>/mounted-at.json    written while a mount holds the store: where, which pid
+    <store>/mounted-at.json    written while a mount or `dvidfs serve` holds the store: where, which pid
     <store>/mount.log          the background mount's log
 
 The marker exists only to *explain* a busy store: LevelDB admits one process,
@@ -30,6 +30,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import secrets
 import stat
 
@@ -39,13 +40,20 @@ MOUNT_MARKER = "mounted-at.json"
 MOUNT_LOG = "mount.log"
 
 _MAX_MARKER = 64 << 10
+_URL_RE = re.compile(r"^http://[0-9A-Za-z.:\[\]]{1,100}\Z")  # what `dvidfs serve` writes; nothing else is shown
 _LOG_MODE = 0o600
 
 
-def mark_mounted(store_path: str, mountpoint: str) -> None:
-    """Atomically (re)write the marker as a regular file of ours."""
+def mark_mounted(store_path: str, mountpoint: str | None, url: str | None = None) -> None:
+    """Atomically (re)write the marker as a regular file of ours: where this
+    process mounts the store and/or the URL `dvidfs serve` answers at."""
     store_path = os.fspath(store_path)
-    data = json.dumps({"mountpoint": os.path.abspath(mountpoint), "pid": os.getpid()}).encode()
+    info: dict = {"pid": os.getpid()}
+    if mountpoint:
+        info["mountpoint"] = os.path.abspath(mountpoint)
+    if url:
+        info["url"] = url
+    data = json.dumps(info).encode()
     target = os.path.join(store_path, MOUNT_MARKER)
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
     for _ in range(100):
@@ -163,11 +171,17 @@ def busy_message(store_path: str) -> str:
     info = _read_marker(os.fspath(store_path))
     if info is None:
         return generic
-    pid, mountpoint = _marker_pid(info), info.get("mountpoint")
-    if pid is None or not isinstance(mountpoint, str) or not mountpoint or "\0" in mountpoint \
-            or "\n" in mountpoint or not os.path.isabs(mountpoint):
+    pid, mountpoint, url = _marker_pid(info), info.get("mountpoint"), info.get("url")
+    if pid is None or not _pid_alive(pid):
         return generic
-    if not (_pid_alive(pid) and _is_dvidfs_mount(mountpoint)):
+    mounted = (isinstance(mountpoint, str) and bool(mountpoint) and "\0" not in mountpoint
+               and "\n" not in mountpoint and os.path.isabs(mountpoint) and _is_dvidfs_mount(mountpoint))
+    served = isinstance(url, str) and _URL_RE.match(url) is not None
+    if served:
+        where = f" and mounts it at {mountpoint}" if mounted else ""
+        return (f"store {store_path} is in use: `dvidfs serve` (pid {pid}) serves it at {url}{where}; "
+                f"use the HTTP API{' or the mount' if mounted else ''}, or stop it (kill -TERM {pid})")
+    if not mounted:
         return generic
     return (f"store {store_path} is in use: it is mounted at {mountpoint} (pid {pid}); "
             f"work through the mount or unmount it first (`dvidfs umount {mountpoint}`)")

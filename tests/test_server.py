@@ -259,7 +259,7 @@ def test_serve_with_mount_shares_one_store_both_ways_and_stops_on_sigterm(tmp_pa
         # another dvidfs command cannot open the store meanwhile, and says why
         r = subprocess.run([sys.executable, "-m", "dvidfs.cli", "-s", str(store_path), "log", u],
                            capture_output=True, text=True, timeout=60)
-        assert r.returncode == 1 and str(mnt) in r.stderr
+        assert r.returncode == 1 and str(mnt) in r.stderr and url in r.stderr
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
         assert not is_mounted(mnt)
@@ -280,11 +280,15 @@ def test_serve_without_mount_stops_on_sigint_and_bad_addresses_are_one_line(tmp_
     proc, url = _start_serve(store_path)
     try:
         assert requests.get(f"{url}/api/repos/info").json() == {}
+        r = subprocess.run([sys.executable, "-m", "dvidfs.cli", "-s", str(store_path), "repo", "list"],
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode == 1 and f"serves it at {url}" in r.stderr and "kill -TERM" in r.stderr
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=30) == 0
     finally:
         if proc.poll() is None:
             proc.kill()
+    assert not (store_path / "mounted-at.json").exists()  # the marker goes with the server
     for bad in ("nohost:80", "127.0.0.1:99999", "example.com:80"):
         r = subprocess.run([sys.executable, "-m", "dvidfs.cli", "serve", str(store_path), "--http", bad],
                            capture_output=True, text=True, timeout=60)

@@ -90,6 +90,7 @@ def serve(store_path: str, http: str = "127.0.0.1:8000", mountpoint: str | None 
         with (fuse_mounted(store, mountpoint, debug) if mountpoint else nullcontext()) as ops:
             trio.run(_main, store, sock, ops, mountpoint)
     finally:
+        store.clear_mounted()
         store.close()
         sock.close()
 
@@ -106,6 +107,7 @@ async def _main(store: Dvid, sock: socket.socket, ops, mountpoint: str | None) -
         nursery.start_soon(_stop_on_signal, stop, ops is not None)
         await nursery.start(lambda task_status: hypercorn_serve(app, hc, shutdown_trigger=stop.wait,
                                                                 task_status=task_status))
+        store.mark_mounted(mountpoint, url_of(sock))  # so a busy store's error names the URL
         where = f", mounted at {mountpoint}" if mountpoint else ""
         print(f"dvidfs serve: {url_of(sock)}/api/help{where} (Ctrl-C stops)", flush=True)
         if ops is not None:
