@@ -184,14 +184,16 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="256³ volume, few requests")
     ap.add_argument("--out", type=Path, default=ROOT / "bench-out")
+    ap.add_argument("--kinds", default="xy,sub", help="requests to measure: xy, sub (default both)")
+    ap.add_argument("--requests", type=int, default=None, help="requests per client count")
     args = ap.parse_args(argv)
     edge = 256 if args.quick else 1024
-    per_level = 12 if args.quick else 160
+    per_level = args.requests or (12 if args.quick else 160)
     cache = args.out / "cache"
     cache.mkdir(parents=True, exist_ok=True)
     store_path, uuid = ensure_store(cache, edge)
     rng = random.Random(1)
-    kinds = ("xy", "sub")
+    kinds = tuple(k for k in args.kinds.split(",") if k)
     # distinct paths for the floor and for every client count: no reply is cached twice
     plan = {k: request_paths(k, uuid, edge, per_level * (len(CLIENTS) + 1), rng) for k in kinds}
     results: dict = {"edge": edge, "cpus": os.cpu_count(), "kinds": {}}
