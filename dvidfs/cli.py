@@ -108,6 +108,18 @@ def cmd_export(args) -> None:
         print(f"exported {size[0]}x{size[1]}x{size[2]} voxels to {args.out}")
 
 
+def cmd_downres(args) -> None:
+    with _open(args) as s:
+        node = s.node(args.node)
+        vol = _volume(s, node, args.data)
+        with _progress(0, f"downres {args.data}", "block") as bar:
+            def total(n: int) -> None:
+                bar.total = n
+                bar.refresh()
+            n = vol.build_pyramid(node, args.levels, bar.update, total)
+        print(f"{args.data!r}: levels 1..{n} stored in node {node.uuid}; writes to it keep them current")
+
+
 def cmd_commit(args) -> None:
     with _open(args) as s:
         n = s.commit(s.node(args.node), args.message or "", args.log or [])
@@ -285,6 +297,13 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--offset", type=_xyz, default=None)
     c.add_argument("--size", type=_xyz, default=None)
     c.set_defaults(fn=cmd_export)
+
+    c = sub.add_parser("downres", help="build the multiscale pyramid of a volume in an open node")
+    c.add_argument("node")
+    c.add_argument("data")
+    c.add_argument("--levels", type=int, default=None,
+                   help="levels above 0 to store (default: until the volume fits in one block)")
+    c.set_defaults(fn=cmd_downres)
 
     c = sub.add_parser("commit", help="lock a node for good")
     c.add_argument("node")

@@ -33,13 +33,14 @@ import numpy as np
 from dvidfs import storedir
 from dvidfs.config import Config
 from dvidfs.data.grayscale import Grayscale
+from dvidfs.data.keyvalue import KeyValue
 from dvidfs.data.labels import Labels
 from dvidfs.data.readahead import ReadAhead
 from dvidfs.data.types import DataType, TypeContext, TypeRegistry, WriteGenerations
 from dvidfs.errors import NotFoundError, StoreBusyError
 from dvidfs.store.cache import LRUCache
 from dvidfs.store.engine import OrderedKV
-from dvidfs.store.leveldb import LevelDBEngine
+from dvidfs.store.open import is_remote, open_engine
 from dvidfs.store.versioned import VersionView
 from dvidfs.timestamps import iso
 from dvidfs.versions.dag import VersionDB
@@ -53,6 +54,7 @@ def default_registry() -> TypeRegistry:
     reg = TypeRegistry()
     reg.register(Grayscale)
     reg.register(Labels)
+    reg.register(KeyValue)
     return reg
 
 
@@ -82,7 +84,7 @@ class Dvid:
         if engine is None:
             if self.path is None:
                 raise ValueError("Dvid needs a store path or an engine")
-            engine = self._open_leveldb(create)
+            engine = self._open_engine(create)
         self.engine = engine
         self.db = VersionDB(engine)
         self.types = registry or default_registry()
@@ -94,14 +96,23 @@ class Dvid:
         self._objects_lock = threading.Lock()
         self._subscribers: list[Callable[[Change], None]] = []
 
-    def _open_leveldb(self, create: bool) -> OrderedKV:
-        c = self.config
+    def _open_engine(self, create: bool) -> OrderedKV:
+        """LevelDB in a store directory, or an object store for an s3:// path
+        (dvidfs/store/open.py).  The store directory's safety check and mount
+        marker concern local directories only: an object store has neither (its
+        busy message comes from its writer lease)."""
+        if is_remote(self.path):
+            return open_engine(self.path, create, self.config)
         storedir.check_safe_to_open(self.path)
         try:
-            return LevelDBEngine(self.path, create=create, write_buffer_size=c.leveldb_write_buffer,
-                                 block_size=c.leveldb_block_size, lru_cache_size=c.leveldb_cache)
+            return open_engine(self.path, create, self.config)
         except StoreBusyError:
             raise StoreBusyError(storedir.busy_message(self.path)) from None
+
+    @property
+    def local_dir(self) -> str | None:
+        """The store directory on this machine (None for an object store or an engine)."""
+        return self.path if self.path and not is_remote(self.path) else None
 
     @classmethod
     def init(cls, path: str | os.PathLike, config: Config | None = None) -> "Dvid":
@@ -309,10 +320,11 @@ class Dvid:
 
     # ------------------------------------------------------------ the store directory
     def mark_mounted(self, mountpoint: str | None, url: str | None = None) -> None:
-        """Say, in the store directory, where this process mounts and/or serves it."""
-        if self.path:
+        """Say, in the store directory, where this process mounts and/or serves it
+        (local stores only: an object store has no directory to say it in)."""
+        if self.local_dir:
             storedir.mark_mounted(self.path, mountpoint, url)
 
     def clear_mounted(self) -> None:
-        if self.path:
+        if self.local_dir:
             storedir.clear_mounted(self.path)

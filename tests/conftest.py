@@ -16,6 +16,7 @@ import pytest
 
 from dvidfs.core import Dvid
 from dvidfs.store import keys
+from seaweed import seaweedfs  # noqa: F401  (a session fixture: one SeaweedFS for every S3 test)
 
 
 @pytest.fixture

@@ -42,7 +42,7 @@ def _recorder(core):
 
 def test_registry_refuses_duplicates_and_clashing_merge_rules():
     reg = default_registry()
-    assert reg.names() == ["grayscale", "labels"]
+    assert {"grayscale", "labels", "keyvalue"} <= set(reg.names())
     with pytest.raises(ExistsError):
         reg.register(reg.get("grayscale"))
 
@@ -53,8 +53,8 @@ def test_registry_refuses_duplicates_and_clashing_merge_rules():
     with pytest.raises(ExistsError, match="key class 2"):
         reg.register(Clash)
     assert "clash" not in reg.names()
-    with pytest.raises(InvalidInputError, match="known: grayscale, labels"):
-        reg.get("keyvalue")
+    with pytest.raises(InvalidInputError, match="known: grayscale, "):
+        reg.get("nosuchtype")
 
 
 def test_a_new_type_is_one_registration_and_shows_in_the_mount(core):

@@ -6,10 +6,13 @@ and compares what the engine returns with an independent Python computation
 new engine is covered by adding one entry to `KINDS`.  Capabilities that not
 every engine has are either read from the engine (`atomic_batches`) or are
 properties of the kind (`persistent`); tests that need one skip without it.
+The `s3` kind runs on the session's SeaweedFS (tests/seaweed.py), a fresh
+prefix per test.
 LevelDB-only behaviour (process lock, missing store) is at the end.
 """
 from __future__ import annotations
 
+import dataclasses
 import errno
 import os
 import random
@@ -25,6 +28,7 @@ from dvidfs.store import keys, versioned
 from dvidfs.store.engine import Batch, Cursor, OrderedKV, Reader
 from dvidfs.store.leveldb import DB_DIR, LevelDBEngine
 from dvidfs.store.memory import MemoryEngine
+from seaweed import s3_engine
 
 END = b"\xff" * 64   # above every key these tests write
 
@@ -42,12 +46,22 @@ KINDS = [
     # the same engine cut into chunks of 4-8 keys: every test crosses chunk
     # boundaries, splits chunks and empties them
     Kind("memory-small-chunks", lambda path, create: MemoryEngine(chunk_size=4)),
+    # the S3 object-store engine on a real SeaweedFS (bound to the server by the fixture);
+    # values of 36+ bytes get their own objects (about one in eight of the random values
+    # here), so both inline values and fetched ones are checked; tests/test_s3.py covers
+    # checkpoints, garbage collection and crashes
+    Kind("s3", None, frozenset({"persistent", "seaweedfs"})),
 ]
 
 
 @pytest.fixture(params=KINDS, ids=lambda k: k.name)
 def kind(request) -> Kind:
-    return request.param
+    k = request.param
+    if "seaweedfs" in k.capabilities:
+        server = request.getfixturevalue("seaweedfs")
+        k = dataclasses.replace(k, open=lambda path, create: s3_engine(
+            server, path, create, inline_max=36, checkpoint_entries=64))
+    return k
 
 
 @pytest.fixture

@@ -46,7 +46,7 @@ LOFF = (-3, 2, 5)           # labels
 LSHAPE = (12, 10, 14)
 BIG = 2**40 + 3             # a label id above 2**32
 PLANE_AXIS = {"xy": 2, "xz": 1, "yz": 0}   # the fixed axis (x=0, y=1, z=2)
-LABEL_INSTANCE_FILES = ["info.json", "labels", "merge", "mutations.jsonl",
+LABEL_INSTANCE_FILES = ["info.json", "labels", "merge", "mutations.jsonl", "precomputed",
                         "xy", "xy-rgb", "xz", "xz-rgb", "yz", "yz-rgb"]
 BODY_FILES = ["bbox.json", "blocks.json", "size", "sparsevol", "sparsevol-coarse", "split", "supervoxels"]
 
@@ -241,7 +241,7 @@ def test_listings_in_coordinate_order(any_core):
     assert names(t, t.lookup(node, ".dvid")) == sorted(
         ["commit", "branch", "merge", "newdata", "note", "log", "info.json", "last-error"])
     inst = t.lookup(node, "gray")
-    assert names(t, inst) == ["info.json", "xy", "xz", "yz"]
+    assert names(t, inst) == ["info.json", "precomputed", "xy", "xz", "yz"]
     info = json.loads(t.read(t.lookup(inst, "info.json")))
     assert info["Extents"]["MinPoint"] == list(GOFF)
     assert info["Extents"]["MaxPoint"] == [GOFF[0] + GSHAPE[2] - 1, GOFF[1] + GSHAPE[1] - 1,

@@ -1107,8 +1107,8 @@ class Fuzzer:
         elif k == "ctrl":
             names = list(CONTROL)
         elif k == "inst":
-            names = ["info.json", *(GRAY_PLANES if ent[3] == "grayscale" else
-                                     SEG_PLANES + ("labels", "merge", "mutations.jsonl"))]
+            names = ["info.json", "precomputed", *(GRAY_PLANES if ent[3] == "grayscale" else
+                                                   SEG_PLANES + ("labels", "merge", "mutations.jsonl"))]
         elif k == "plane":
             _, n, inst, plane = ent
             vol = m.data(n, inst)

@@ -22,9 +22,9 @@ LAYERS = {
     "frontends": (5, ("fs", "cli", "server")),
 }
 # Front ends talk to the core: never to an engine, keys, versioned reads or the DAG.
-FRONTEND_MAY_NOT = ("store.engine", "store.leveldb", "store.memory", "store.keys", "store.versioned",
-                    "store.values", "versions.dag")
-CLIENT_LIBRARIES = {"plyvel": {"store.leveldb"}}
+FRONTEND_MAY_NOT = ("store.engine", "store.leveldb", "store.memory", "store.s3", "store.open",
+                    "store.keys", "store.versioned", "store.values", "versions.dag")
+CLIENT_LIBRARIES = {"plyvel": {"store.leveldb"}, "boto3": {"store.s3"}, "botocore": {"store.s3"}}
 
 
 def _group(mod: str) -> str:
@@ -94,5 +94,6 @@ def test_the_checker_sees_imports():
     found = {(m, d) for m, d, _ in _imports()}
     assert ("core", "data.types") in found
     assert ("store.leveldb", "!plyvel") in found
+    assert ("store.s3", "!boto3") in found and ("store.s3", "!botocore") in found
     assert ("fs.tree", "core") in found
     assert ("data.labels", "store.keys") in found  # from dvidfs.store import keys

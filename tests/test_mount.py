@@ -88,7 +88,7 @@ def test_tree_listing_and_symlinks(ro_mount):
     assert sorted(run("ls", mnt / "em").stdout.split()) == sorted([uuid, "master"])
     assert os.readlink(mnt / "em" / "master") == uuid
     assert run("ls", mnt / "em/master").stdout.split() == ["gray"]
-    assert run("ls", mnt / "em/master/gray").stdout.split() == ["info.json", "xy", "xz", "yz"]
+    assert run("ls", mnt / "em/master/gray").stdout.split() == ["info.json", "precomputed", "xy", "xz", "yz"]
     # a unique UUID prefix resolves too
     assert os.path.isdir(mnt / "em" / uuid[:6] / "gray")
     # readdir order is coordinate order, negative coordinates included
@@ -312,7 +312,8 @@ def test_mkdir_repo_and_instance(rw_mount, tmp_path):
     # a labels instance through the control file; a bad type is refused with a message
     assert run("sh", "-c", f"echo 'labels seg 16' > {mnt}/newrepo/{root}/.dvid/newdata").returncode == 0
     assert sorted(os.listdir(mnt / f"newrepo/{root}/seg")) == [
-        "info.json", "labels", "merge", "mutations.jsonl", "xy", "xy-rgb", "xz", "xz-rgb", "yz", "yz-rgb"]
+        "info.json", "labels", "merge", "mutations.jsonl", "precomputed", "xy", "xy-rgb", "xz", "xz-rgb", "yz",
+        "yz-rgb"]
     assert json.loads((mnt / f"newrepo/{root}/seg/info.json").read_text())["Extended"]["BlockSize"] == [16] * 3
     assert run("sh", "-c", f"echo 'voxels v' > {mnt}/newrepo/{root}/.dvid/newdata").returncode != 0
     assert "unknown data type" in (mnt / f"newrepo/{root}/.dvid/last-error").read_text()

@@ -25,6 +25,12 @@ supervoxel -> body mapping, a per-body label index, sparsevols, merge and split.
   voxel writes make no record.
 * Body reads (sparsevol at any scale, sizes, block bounds) start from the label
   index and read only the blocks it names.
+* **Pyramid levels** (data/pyramid.py, `dvidfs downres`) hold the mode of each
+  2x2x2 group of supervoxels (downres.mode2x), level n in TKeys `186 | n | IZYX`
+  as DVID's labelmap; they are kept current in the same batch as every voxel
+  write (split included), and merges/cleaves need no level rewritten: reads
+  apply the mapping after taking the level's supervoxels.  `read(scale=N)`,
+  `labels_at(scale=N)` and the mount's `s<N>/` slices use them.
 
 Concurrency: as for every volume, mutations run under `VersionDB.lock`; the
 mapping cache is rebuilt lazily and guarded by a per-version generation count.
@@ -38,7 +44,7 @@ import threading
 import numpy as np
 
 from dvidfs.geometry import PLANE_OF_AXIS, XYZ, Box
-from dvidfs.data import downres
+from dvidfs.data import downres, pyramid
 from dvidfs.data.labelindex import LabelIndex, pack_block, unpack_block
 from dvidfs.data.volume import BlockVolume, describe_block
 from dvidfs.errors import ConflictError, InvalidInputError, NotFoundError
@@ -90,6 +96,15 @@ def _merge_index(ctx) -> bytes | None:
     return merged.encode() if len(merged) else None
 
 
+def _merge_level_block(ctx) -> bytes | None:
+    """Label blocks changed on several sides of a node merge: level 0 conflicts
+    (as every block does), pyramid levels merge octant by octant."""
+    if ctx.tkey[1] == 0:
+        raise ConflictError("the same label block changed on two sides")
+    return pyramid.merge_level_block(ctx, lambda v: decode_label_block(decode_value(v)),
+                                     lambda a: encode_value(encode_label_block(a), LZ4), downres.mode2x)
+
+
 def _labels_of(record: dict) -> set[int]:
     """The bodies a mutation record names as changed (lastmod): a merge's target,
     a split's body and new label, a cleave's body and cleaved label."""
@@ -125,11 +140,13 @@ class Labels(BlockVolume):
     typename = "labels"
     dtype = np.dtype(np.uint64)
     block_class = keys.CLASS_LABEL_BLOCK
+    level_class = keys.CLASS_LABEL_BLOCK   # 186 | level | IZYX for every level, as DVID
+    halve = staticmethod(downres.mode2x)
     default_block = 64
     needs_old_blocks = True
     offers = BlockVolume.offers | {"bodies"}
     merge_rules = {**BlockVolume.merge_rules, keys.CLASS_MAX_LABEL: _merge_max,
-                   keys.CLASS_LABEL_INDEX: _merge_index}
+                   keys.CLASS_LABEL_INDEX: _merge_index, keys.CLASS_LABEL_BLOCK: _merge_level_block}
     key_descriptions = {keys.CLASS_LABEL_BLOCK: describe_block,
                         keys.CLASS_LABEL_INDEX: lambda tk, inst: f"body {_U64.unpack(tk[1:9])[0]} (its voxel counts)",
                         keys.CLASS_MAPPING: lambda tk, inst: f"supervoxel {_U64.unpack(tk[1:9])[0]} (merged into "
@@ -145,8 +162,8 @@ class Labels(BlockVolume):
         self._max_written = 0
 
     # ------------------------------------------------------------ blocks
-    def block_tkey(self, bcoord: XYZ) -> bytes:
-        return keys.tkey(self.block_class, b"\x00" + keys.izyx(*bcoord))  # scale 0, as DVID
+    def level_tkey(self, scale: int, bcoord: XYZ) -> bytes:
+        return keys.tkey(self.block_class, bytes((scale,)) + keys.izyx(*bcoord))  # as DVID
 
     def encode_block(self, block: np.ndarray) -> bytes:
         return encode_value(encode_label_block(block), LZ4)
@@ -192,13 +209,10 @@ class Labels(BlockVolume):
     def read(self, view: VersionView, offset: XYZ, size: XYZ, supervoxels: bool = False,
              scale: int = 0) -> np.ndarray:
         """Labels of a box ([z, y, x]); `offset`/`size` are in voxels of level
-        `scale` (levels above 0 are computed from level 0: data/downres.py)."""
+        `scale` (the stored pyramid where built, else computed from the highest
+        stored level: data/downres.py)."""
         view = self.as_view(view)
-        if scale:
-            with self.engine.snapshot() as snap:
-                out = downres.read_supervoxels_scaled(self, snap, view, offset, size, scale)
-        else:
-            out = super().read(view, offset, size)
+        out = super().read(view, offset, size, scale)
         return out if supervoxels else self.mapping(view).apply(out)
 
     def read_slice(self, view: VersionView, plane: str, coord: int, supervoxels: bool = False) -> np.ndarray:
@@ -213,7 +227,8 @@ class Labels(BlockVolume):
         and each block is read once, in one snapshot: clients send DVID's GET
         `labels` 10^4 points at a time, mostly clustered."""
         view = self.as_view(view)
-        downres.check_scale(scale, self.grid.size)
+        if scale:
+            self.check_scale(scale, view)
         pts = np.asarray(points_xyz, dtype=np.int64).reshape(-1, 3)
         if len(pts) and (pts.min() < -2**31 or pts.max() > 2**31 - 1):
             raise InvalidInputError("a point lies outside the int32 coordinate range DVID uses")
@@ -229,7 +244,7 @@ class Labels(BlockVolume):
             for bc, sel in zip(uniq.tolist(), groups):
                 if scale:
                     lo = tuple(c * s for c, s in zip(bc, self.grid.size))
-                    block = downres.read_supervoxels_scaled(self, snap, view, lo, self.grid.size, scale)
+                    block = self._read_scaled_in(snap, view, lo, self.grid.size, scale, gen)
                 else:  # through the block cache: clients ask for the same blocks again and again
                     bbox = self.grid.block_box(tuple(bc))
                     block = next((b for _, b in self.iter_blocks(snap, view, bbox, gen)), None)

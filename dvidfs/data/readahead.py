@@ -34,7 +34,7 @@ class ReadAhead:
         self._geom: dict[tuple, tuple] = {}  # (instance, version, plane) -> (generation, extents, thickness)
 
     def read_slice(self, vol: BlockVolume, view: VersionView, plane: str, coord: int) -> np.ndarray:
-        track = (vol.inst.id, view.version, plane)
+        track = (vol.inst.id, vol.scale, view.version, plane)   # level views have their own layers
         fixed = PLANE[plane].fixed
         b = vol.grid.size[fixed]
         last = self._last.get(track)
@@ -47,7 +47,7 @@ class ReadAhead:
             gen = vol.generation(view)
             ext, t = self._geometry(vol, view, plane, gen)
             if t:
-                key = (vol.inst.id, view.version, gen, plane, t, coord // t)
+                key = (vol.inst.id, vol.scale, view.version, gen, plane, t, coord // t)
                 layer = self.layers.get(key)
                 if layer is None:
                     layer = self._load(vol, view, ext, plane, coord // t * t, t)
@@ -66,7 +66,7 @@ class ReadAhead:
         it, else the largest power-of-two part of one (a 2048² slice of 32³
         blocks: 8 planes), so big slices still decode each block once per few
         slices instead of once per slice.  0: no extents, or not even 2 planes fit."""
-        track = (vol.inst.id, view.version, plane)
+        track = (vol.inst.id, vol.scale, view.version, plane)
         known = self._geom.get(track)
         if known is not None and known[0] == gen:
             return known[1], known[2]

@@ -15,6 +15,7 @@ read-modify-write the same block concurrently.
 """
 from __future__ import annotations
 
+import copy
 import json
 import math
 from contextlib import contextmanager
@@ -28,6 +29,7 @@ from dvidfs.store import keys, versioned
 from dvidfs.store.engine import Batch, Reader
 from dvidfs.store.values import decode_value
 from dvidfs.store.versioned import VersionView
+from dvidfs.data import downres, pyramid
 from dvidfs.data.types import DataType, TypeContext
 from dvidfs.versions.model import Instance, Node
 from dvidfs.geometry import PLANE_OF_AXIS, XYZ, BlockGrid, Box, plane
@@ -61,10 +63,14 @@ def describe_block(tk: bytes, inst: Instance) -> str:
     """A block TKey in the user's terms (merge conflict messages): the voxels it
     holds, which are the xy slices a person edited."""
     x, y, z = keys.parse_izyx(tk[-12:])  # label blocks have a scale byte before IZYX
+    scale = tk[1] if len(tk) == 14 else 0
     bx, by, bz = (int(b) for b in inst.config.get("BlockSize", (0, 0, 0)))
+    if scale:  # a pyramid block: its level-0 voxels
+        bx, by, bz = bx << scale, by << scale, bz << scale
+    what = f"level {scale} block" if scale else "block"
     if not bx:
-        return f"block ({x},{y},{z})"
-    return (f"block ({x},{y},{z}) = voxels x {x * bx}..{x * bx + bx - 1}, y {y * by}..{y * by + by - 1} "
+        return f"{what} ({x},{y},{z})"
+    return (f"{what} ({x},{y},{z}) = voxels x {x * bx}..{x * bx + bx - 1}, y {y * by}..{y * by + by - 1} "
             f"of xy slices {z * bz}..{z * bz + bz - 1}")
 
 
@@ -72,9 +78,12 @@ class BlockVolume(DataType):
     """Versioned block volume; subclasses choose dtype, block class and codec."""
 
     offers = frozenset({"volume"})
-    merge_rules = {keys.CLASS_EXTENTS: _merge_extents}
+    merge_rules = {keys.CLASS_EXTENTS: _merge_extents, keys.CLASS_PYRAMID: pyramid.merge_levels}
     dtype: ClassVar[np.dtype]
     block_class: ClassVar[int]
+    level_class: ClassVar[int]        # TKey class of pyramid blocks (level | IZYX after it)
+    halve: ClassVar                   # the 2x rule of the pyramid (downres.mean2x / mode2x)
+    scale: int = 0                    # level views (`level(n)`) read level n
     default_block: ClassVar[int]
     needs_old_blocks: ClassVar[bool] = False  # labels need them to update the index
     # Stored values are DVID values (plain or lz4) of the raw [z, y, x] voxels,
@@ -90,6 +99,8 @@ class BlockVolume(DataType):
         self.cache = ctx.block_cache
         self._tombstones = True  # set per staged write (under the lock)
         self._wrote: set[int] = set()  # versions known to have changed this instance
+        self._levels: dict[int, BlockVolume] = {}
+        self._upkeep: pyramid.Upkeep | None = None  # the pyramid part of the write being staged
         bs = inst.config.get("BlockSize", [self.default_block] * 3)
         self.grid = BlockGrid(tuple(int(b) for b in bs))
 
@@ -112,19 +123,59 @@ class BlockVolume(DataType):
     def decode_block(self, value: bytes) -> np.ndarray:
         raise NotImplementedError
 
+    def level_tkey(self, scale: int, bcoord: XYZ) -> bytes:
+        """TKey of block `bcoord` of level `scale` (0: the voxels as written)."""
+        if scale == 0:
+            return keys.tkey(self.block_class, keys.izyx(*bcoord))
+        return keys.tkey(self.level_class, bytes((scale,)) + keys.izyx(*bcoord))
+
     def block_tkey(self, bcoord: XYZ) -> bytes:
-        return keys.tkey(self.block_class, keys.izyx(*bcoord))
+        return self.level_tkey(self.scale, bcoord)
 
     def block_coord(self, tk: bytes) -> XYZ:
         """Inverse of `block_tkey` (the IZYX part is always the last 12 bytes)."""
         return keys.parse_izyx(tk[-12:])
 
+    # ---------------------------------------------------------------- pyramid levels
+    def level(self, n: int) -> "BlockVolume":
+        """A read-only view of pyramid level `n` (data/pyramid.py): the same
+        object in every respect (reads, slices, caches, mapping) but its blocks,
+        which are level n's, and its extents, level 0's scaled (rounded out).
+        Meaningful up to `pyramid_levels`."""
+        if n == self.scale:
+            return self
+        if self.scale:
+            raise InvalidInputError("level views are made from level 0")
+        lv = self._levels.get(n)
+        if lv is None:
+            lv = copy.copy(self)   # shares the caches, the mapping and the write-lock state
+            lv.scale, lv._levels = int(n), {}
+            self._levels[n] = lv
+        return lv
+
+    def pyramid_levels(self, view: VersionView, reader: Reader | None = None) -> int:
+        """Levels above 0 stored and kept current, as seen from `view`."""
+        return pyramid.stored_levels(self, self.as_view(view), reader)
+
+    def build_pyramid(self, node: Node, levels: int | None = None, progress=None, total=None) -> int:
+        """`dvidfs downres`: store levels 1..`levels` (default: until the volume
+        fits in one block) in open `node`; later writes keep them current."""
+        return pyramid.build(self, node, levels, progress, total)
+
+    def check_scale(self, scale: int, view: VersionView) -> None:
+        """`scale` can be read at `view` (stored levels, and a few computed above them)."""
+        downres.check_scale(scale, self.grid.size, self.pyramid_levels(view))
+
     # ---------------------------------------------------------------- extents
     def extents(self, view: VersionView, reader: Reader | None = None) -> Box | None:
-        """Bounding box of everything written so far as seen from `view`."""
+        """Bounding box of everything written so far as seen from `view` (in a
+        level view: the voxels of that level covering it)."""
         view = self.as_view(view)
         v = versioned.get(reader or self.engine, self.inst.id, EXTENTS_TKEY, view)
-        return _box_from_json(v) if v else None
+        if not v:
+            return None
+        box = _box_from_json(v)
+        return downres.scale_box(box, self.scale) if self.scale else box
 
     def require_extents(self, view: VersionView) -> Box:
         ext = self.extents(view)
@@ -202,7 +253,11 @@ class BlockVolume(DataType):
         head, plen = prefix + self.block_tkey((0, 0, 0))[:-12], len(prefix)
         tail = keys.data_suffix(version)
         get = reader.get
-        for k in keys.block_keys(head, tail, bx, ys, zs):
+        ks = keys.block_keys(head, tail, bx, ys, zs)
+        prefetch = getattr(reader, "prefetch", None)
+        if prefetch is not None:  # a remote engine (S3) fetches these values ahead, in parallel
+            prefetch(ks)
+        for k in ks:
             value = get(k)
             if value is not None:
                 yield k[plen:-keys.SUFFIX_LEN], version, None, value
@@ -246,9 +301,35 @@ class BlockVolume(DataType):
             return None
         return self._decoded(tk, e[0], e[1], view, self.generation(view) if gen is None else gen)
 
-    def read(self, view: VersionView, offset: XYZ, size: XYZ) -> np.ndarray:
+    def read(self, view: VersionView, offset: XYZ, size: XYZ, scale: int = 0) -> np.ndarray:
         """Voxels of the box at `offset` (x, y, z) of `size` as a [z, y, x] array,
-        as seen from `view` (a VersionView, or a Node)."""
+        as seen from `view` (a VersionView, or a Node).  With `scale`, offset and
+        size are voxels of that level: from the stored pyramid where it is built,
+        else computed from the highest stored level below (data/downres.py)."""
+        if scale:
+            return self.read_scaled(view, offset, size, scale)
+        return self.read_stored(view, offset, size)
+
+    def read_scaled(self, view: VersionView, offset: XYZ, size: XYZ, scale: int) -> np.ndarray:
+        view = self.as_view(view)
+        gen = self.generation(view)
+        with self.engine.snapshot() as snap:
+            return self._read_scaled_in(snap, view, offset, size, scale, gen)
+
+    def _read_scaled_in(self, snap: Reader, view: VersionView, offset: XYZ, size: XYZ, scale: int,
+                        gen: int) -> np.ndarray:
+        stored = self.pyramid_levels(view, snap)
+        downres.check_scale(scale, self.grid.size, stored)
+        top = self.level(min(scale, stored))
+        if top.scale == scale:
+            box = Box.from_offset_size(offset, size)
+            out = np.zeros(box.shape_zyx, dtype=self.dtype)
+            top._read_into(snap, view, box, out, gen)
+            return out
+        return downres.read_scaled(top, snap, view, offset, size, scale - top.scale, self.halve)
+
+    def read_stored(self, view: VersionView, offset: XYZ, size: XYZ) -> np.ndarray:
+        """The stored voxels of this level (labels: supervoxels) of a box."""
         view = self.as_view(view)
         box = Box.from_offset_size(offset, size)
         out = np.zeros(box.shape_zyx, dtype=self.dtype)
@@ -338,6 +419,9 @@ class BlockVolume(DataType):
 
     # ---------------------------------------------------------------- writing
     def check_writable(self, node: Node) -> None:
+        if self.scale:
+            raise ReadOnlyError(f"level {self.scale} of {self.inst.name!r} is computed from level 0: "
+                                "write level 0 and the levels follow")
         if node.locked:
             raise ReadOnlyError(f"node {node.uuid} is committed (read-only); make a child node with "
                                 "`branch` to change data")
@@ -376,9 +460,14 @@ class BlockVolume(DataType):
             batch = Batch()
             with self.engine.snapshot() as snap:
                 self._tombstones = versioned.has_tombstones(snap, self.inst.id, node.version_id)
-                self.begin_stage(snap, view)
-                yield batch, snap, view
-                self.end_stage(batch, snap, node, view)
+                self._upkeep = pyramid.Upkeep(self, snap, view)
+                try:
+                    self.begin_stage(snap, view)
+                    yield batch, snap, view
+                    self.end_stage(batch, snap, node, view)
+                    self._upkeep.stage(batch, snap, node, view)  # levels in the same batch
+                finally:
+                    self._upkeep = None
             self.engine.apply(batch)
             self.after_apply(node)
         self.ctx.changed(node, self.inst.name)  # outside the lock: subscribers may read
@@ -427,6 +516,7 @@ class BlockVolume(DataType):
         """Put one block (hook: labels also update their index here)."""
         versioned.put(batch, self.inst.id, self.block_tkey(bcoord), node.version_id,
                       self.encode_block(new), self._tombstones)
+        self._upkeep.note(bcoord, new)
 
     def _stage_extents(self, batch: Batch, reader: Reader, node: Node, view: VersionView,
                        box: Box) -> None:
@@ -473,6 +563,7 @@ class BlockVolume(DataType):
 
     def stage_delete(self, batch: Batch, node: Node, bcoord: XYZ, old: np.ndarray) -> None:
         versioned.delete(batch, self.inst.id, self.block_tkey(bcoord), node.version_id)
+        self._upkeep.note(bcoord, None)
 
     # ---------------------------------------------------------------- HTTP block endpoints
     def set_extents(self, node: Node, box: Box) -> None:
@@ -512,7 +603,9 @@ class BlockVolume(DataType):
             "Extended": {"BlockSize": cfg.get("BlockSize"), "VoxelSize": cfg.get("VoxelSize"),
                          "VoxelUnits": cfg.get("VoxelUnits"), "Values": [{"DataType": str(self.dtype)}],
                          "MinPoint": list(ext.lo) if ext else None,
-                         "MaxPoint": [h - 1 for h in ext.hi] if ext else None},
+                         "MaxPoint": [h - 1 for h in ext.hi] if ext else None,
+                         # stored pyramid levels (data/pyramid.py); DVID's name for them
+                         "MaxDownresLevel": self.pyramid_levels(view)},
             "Extents": {"MinPoint": list(ext.lo) if ext else None,
                         "MaxPoint": [h - 1 for h in ext.hi] if ext else None},
         }

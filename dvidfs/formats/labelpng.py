@@ -20,7 +20,7 @@ import numpy as np
 
 from dvidfs.errors import InvalidInputError
 
-__all__ = ["encode_label_png"]
+__all__ = ["encode_label_png", "encode_png"]
 
 _SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _BIT_DEPTH, _RGBA = 16, 6
@@ -46,8 +46,26 @@ def encode_label_png(labels: np.ndarray, level: int = 1) -> bytes:
     if not (0 < h <= _MAX_DIM and 0 < w <= _MAX_DIM):
         raise InvalidInputError(f"a PNG must be 1..{_MAX_DIM} pixels a side, got {w}x{h}")
     pix = np.ascontiguousarray(labels, dtype="<u8").view(np.uint8).reshape(h, w * 8)
-    raw = np.zeros((h, 1 + w * 8), np.uint8)   # leading 0 per row: filter type None
-    raw[:, 1:] = pix
-    ihdr = struct.pack(">IIBBBBB", w, h, _BIT_DEPTH, _RGBA, 0, 0, 0)
+    return _png(pix, w, h, _BIT_DEPTH, _RGBA, level)
+
+
+def encode_png(img: np.ndarray, level: int = 1) -> bytes:
+    """PNG bytes of an 8-bit gray (h, w) or RGB (h, w, 3) image, rows unfiltered,
+    deflated at zlib `level`.  Why not Pillow: its PNG encoder took 38 ms (level 0)
+    to 82 ms (level 1) for a 1024² EM slice here, this one ~10 ms at a similar
+    size, and zlib releases the GIL while it works (docs/http.md)."""
+    img = np.asarray(img)
+    if img.dtype != np.uint8 or img.ndim not in (2, 3) or (img.ndim == 3 and img.shape[2] != 3):
+        raise InvalidInputError(f"expected an 8-bit gray or RGB image, got {img.dtype} {img.shape}")
+    h, w = img.shape[:2]
+    if not (0 < h <= _MAX_DIM and 0 < w <= _MAX_DIM):
+        raise InvalidInputError(f"a PNG must be 1..{_MAX_DIM} pixels a side, got {w}x{h}")
+    return _png(img.reshape(h, -1), w, h, 8, 0 if img.ndim == 2 else 2, level)
+
+
+def _png(rows: np.ndarray, w: int, h: int, depth: int, color: int, level: int) -> bytes:
+    raw = np.zeros((h, 1 + rows.shape[1]), np.uint8)   # leading 0 per row: filter type None
+    raw[:, 1:] = rows
+    ihdr = struct.pack(">IIBBBBB", w, h, depth, color, 0, 0, 0)
     return (_SIGNATURE + _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", zlib.compress(raw.tobytes(), level))
             + _chunk(b"IEND", b""))

@@ -51,6 +51,7 @@ class Entry:
     plane: str = ""    # "xy" .. or "xy-rgb" ..
     coord: int = 0     # slice coordinate, or body id
     name: str = ""     # branch, control or body file name
+    scale: int = 0     # pyramid level of a volume's slices and precomputed chunks
     node: Node | None = field(default=None, compare=False, repr=False)
     obj: "DataType | None" = field(default=None, compare=False, repr=False)
 
@@ -65,11 +66,16 @@ class Entry:
     read_only: ClassVar[bool] = False       # a NOW file that takes no writes (info.json, last-error)
     multiline: ClassVar[bool] = False       # a NOW file whose text acts at close, not at each newline
     is_last_error: ClassVar[bool] = False   # served by the operations layer, which keeps the messages
+    volatile_in_listing: ClassVar[bool] = False  # a listing cannot give its size: the kernel must ask (lookup)
+    accepts_files: ClassVar[bool] = False   # a directory of stored files (keys): create, rename, unlink
+    streamed: ClassVar[bool] = False        # read in pieces through `open_stream`, never whole
+    stores_bytes: ClassVar[bool] = False    # the file is its bytes (keys): `truncate`, `> f` and an
+                                            # empty create store what they leave, 0 bytes too
 
     # ------------------------------------------------------------ building
     def child(self, cls: type["Entry"], **changes) -> "Entry":
         """An entry of kind `cls` below this one (inherits path and resolved objects)."""
-        base = {f: getattr(self, f) for f in ("repo", "uuid", "data", "plane", "coord", "node", "obj")}
+        base = {f: getattr(self, f) for f in ("repo", "uuid", "data", "plane", "coord", "scale", "node", "obj")}
         base.update(changes)
         return cls(**base)
 
@@ -116,6 +122,27 @@ class Entry:
         before anything is buffered."""
         return 0
 
+    def truncate(self, tree: "Tree", size: int) -> None:
+        """`truncate` of a path no one has open for writing (`stores_bytes` files)."""
+        raise InvalidInputError("this file cannot be truncated")
+
+    def open_stream(self, tree: "Tree"):
+        """A `streamed` file opened for reading: an object with `size`,
+        `read(offset, n)`, `in_memory` and `close()`."""
+        raise NotFoundError("not a file")
+
+    # directories that accept files (`accepts_files`): names map to entries one to one
+    def new_file(self, tree: "Tree", name: str) -> "Entry":
+        """The entry a file created as `name` will be (InvalidInputError: not a valid name)."""
+        raise InvalidInputError("files cannot be created here")
+
+    def rename_file(self, tree: "Tree", old: str, new: str, replace: bool) -> "Entry":
+        """Rename a stored file in this directory; returns the new entry."""
+        raise InvalidInputError("files cannot be renamed here")
+
+    def remove_file(self, tree: "Tree", name: str) -> None:
+        raise InvalidInputError("files cannot be removed here")
+
     def mkdir(self, tree: "Tree", name: str) -> "Entry":
         if self.locked:
             raise ReadOnlyError("cannot create directories in a committed node")
@@ -123,7 +150,7 @@ class Entry:
 
     def describe(self) -> str:
         """The path below the node, for error messages."""
-        return "/".join(p for p in (self.data, self.plane, self.name) if p)
+        return "/".join(p for p in (self.data, f"s{self.scale}" if self.scale else "", self.plane, self.name) if p)
 
 
 class DirEntry(Entry):

@@ -57,6 +57,16 @@ class InodeTable:
         self.parent_of[ino] = (parent_ino, name)
         return ino
 
+    def move(self, old: Entry, new: Entry, parent_ino: int, name: bytes) -> None:
+        """A rename: the inode of `old` (if any) now stands for `new`, as the
+        kernel's dentry moved with it.  Same node and instance (same index)."""
+        ino = self._ino_of.pop(old, None)
+        if ino is None:
+            return
+        self._ino_of[new] = ino
+        self._entry_of[ino] = new
+        self.parent_of[ino] = (parent_ino, name)
+
     # ------------------------------------------------------------ kernel references
     def ref(self, ino: int) -> None:
         """The kernel was given this inode once more."""

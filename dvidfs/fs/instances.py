@@ -3,7 +3,10 @@
 The one dispatch table of the mount: a data type declares what it offers
 (`DataType.offers`), and `OFFER_VIEWS` maps each offer to the files that show
 it.  A new type with a new offer is one module of entries and one line here;
-a type with no view yet still gets its directory and `info.json`.
+a type with no view yet still gets its directory and `info.json`.  An offer
+whose files *are* the instance directory (keyvalue's keys: any name may be a
+key, so there is no room for `info.json`) names that directory's class in
+`OFFER_DIRS` instead.
 """
 from __future__ import annotations
 
@@ -12,6 +15,7 @@ from typing import TYPE_CHECKING, Callable
 from dvidfs.errors import NotFoundError
 from dvidfs.fs.bodies import body_children
 from dvidfs.fs.entry import Attr, DirEntry, Entry, as_json
+from dvidfs.fs.keyvalue import KeyValueDir
 from dvidfs.fs.volumes import volume_children
 
 if TYPE_CHECKING:
@@ -21,10 +25,13 @@ OFFER_VIEWS: dict[str, Callable[[Entry, "Tree"], list[tuple[str, Entry]]]] = {
     "volume": volume_children,
     "bodies": body_children,
 }
+OFFER_DIRS: dict[str, type[DirEntry]] = {"keys": KeyValueDir}
 
 
-def instance_entry(tree: "Tree", node_dir: Entry, name: str) -> "InstanceDir":
-    return node_dir.child(InstanceDir, data=name, obj=tree.core.data(node_dir.node, name))
+def instance_entry(tree: "Tree", node_dir: Entry, name: str) -> DirEntry:
+    obj = tree.core.data(node_dir.node, name)
+    cls = next((OFFER_DIRS[o] for o in sorted(obj.offers) if o in OFFER_DIRS), InstanceDir)
+    return node_dir.child(cls, data=name, obj=obj)
 
 
 class InstanceDir(DirEntry):

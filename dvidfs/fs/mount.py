@@ -12,6 +12,7 @@ mount removed.
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import signal
@@ -57,9 +58,11 @@ def mount(store_path: str, mountpoint: str, foreground: bool = False, debug: boo
     if foreground or debug:
         run_foreground(store_path, mountpoint, debug, config)
         return
-    Dvid(store_path, config=config).close()  # fail fast, in this process, on a missing or busy store
-    log_path = os.path.join(store_path, MOUNT_LOG)
-    log_fd = open_log(store_path)  # never through a planted link (dvidfs/storedir.py)
+    probe = Dvid(store_path, config=config)  # fail fast, in this process, on a missing or busy store
+    log_dir = probe.local_dir or _object_store_log_dir(store_path)
+    probe.close()
+    log_path = os.path.join(log_dir, MOUNT_LOG)
+    log_fd = open_log(log_dir)  # never through a planted link (dvidfs/storedir.py)
     try:
         child = subprocess.Popen(
             [sys.executable, "-m", "dvidfs.cli", "mount", "-f", *config.to_args(), store_path, mountpoint],
@@ -75,6 +78,16 @@ def mount(store_path: str, mountpoint: str, foreground: bool = False, debug: boo
         raise DvidfsError(f"mount did not come up within 30 s (see {log_path})")
     finally:
         os.close(log_fd)
+
+
+def _object_store_log_dir(store_url: str) -> str:
+    """Where the background mount of an object store (s3://…, no store
+    directory to log in) writes its log: a private directory per store URL
+    under $XDG_STATE_HOME (~/.local/state)/dvidfs/mounts/."""
+    base = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
+    d = os.path.join(base, "dvidfs", "mounts", hashlib.sha256(store_url.encode()).hexdigest()[:16])
+    os.makedirs(d, mode=0o700, exist_ok=True)
+    return d
 
 
 def run_foreground(store_path: str, mountpoint: str, debug: bool = False,

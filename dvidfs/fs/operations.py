@@ -52,6 +52,7 @@ from dvidfs.timestamps import iso
 log = logging.getLogger("dvidfs.fs")
 
 IMMUTABLE_TIMEOUT = 3600.0
+RENAME_NOREPLACE, RENAME_EXCHANGE = 1, 2   # renameat2 flags
 MAX_COMMAND = 1 << 20   # a command file's text (a note, log lines)
 BLKSIZE = 128 * 1024
 
@@ -90,6 +91,7 @@ class Handle:
     scratch: Scratch | None = None  # a temp file's data: kept by the handle, as POSIX keeps an unlinked file's
     limit: int = 0                  # uploads: the most bytes the target can take (EFBIG beyond)
     pending: bytearray = field(default_factory=bytearray)  # command files: text not yet acted on
+    stream: object | None = None    # a streamed file (keys): read in pieces, closed at release
 
 
 @dataclass
@@ -132,6 +134,10 @@ class DvidOperations(pyfuse3.Operations):
 
     def close(self) -> None:
         self._unsubscribe()
+        for h in self.handles.values():  # before the store closes: streams may hold snapshots
+            if h.stream is not None:
+                h.stream.close()
+                h.stream = None
 
     # ------------------------------------------------------------ plumbing
     async def _run(self, fn, *args, limiter=None):
@@ -361,7 +367,7 @@ class DvidOperations(pyfuse3.Operations):
                     a = Attr(a.kind, len(self._last_error_bytes(child.uuid)), a.writable, a.mtime, False)
                     yield bname, self._attrs(ino, a, volatile=True), i + 1
                 else:
-                    yield bname, self._attrs(ino, a), i + 1
+                    yield bname, self._attrs(ino, a, volatile=child.volatile_in_listing), i + 1
             else:
                 name, ino = d.temps[i - n]
                 sc = self.scratch.get(self.scratch_ino.get(ino, (None, None)))
@@ -373,7 +379,7 @@ class DvidOperations(pyfuse3.Operations):
 
     async def statfs(self, ctx):
         s = pyfuse3.StatvfsData()
-        st = os.statvfs(self.tree.core.path or "/")
+        st = os.statvfs(self.tree.core.local_dir or "/")
         s.f_bsize, s.f_frsize = BLKSIZE, st.f_frsize
         s.f_blocks, s.f_bfree, s.f_bavail = st.f_blocks, st.f_bfree, st.f_bavail
         s.f_files, s.f_ffree, s.f_favail = len(self.inodes) + 1000, 1 << 30, 1 << 30
@@ -409,8 +415,17 @@ class DvidOperations(pyfuse3.Operations):
                                  ReadOnlyError(f"node {e.uuid} is committed (read-only)"))
             limit = await self._run(self.tree.upload_limit, e)
             initial = b"" if flags & os.O_TRUNC or not e.starts_with_content else await self._content(e)
-            self.handles[fh] = Handle(e, inode, bytearray(initial), writing=True, limit=limit)
+            self.handles[fh] = Handle(e, inode, bytearray(initial), writing=True, limit=limit,
+                                      dirty=bool(flags & os.O_TRUNC) and e.stores_bytes)
             return pyfuse3.FileInfo(fh=fh, direct_io=True)
+        if e.streamed and e not in self.pending_slices:
+            # Keys: read in pieces (a 64 MiB value is never held whole); a committed
+            # node's bytes go to the page cache, an open node's come from the
+            # snapshot the stream took at open.
+            stream = await self._run(self.tree.open_stream, e)
+            self.handles[fh] = Handle(e, inode, None, stream=stream)
+            return pyfuse3.FileInfo(fh=fh, keep_cache=True) if locked else \
+                pyfuse3.FileInfo(fh=fh, direct_io=True)
         if locked and e.rendered:
             # A committed node never changes, so the kernel's page cache (keep_cache)
             # is the cache: a re-open whose pages are cached sends no read and costs
@@ -436,6 +451,10 @@ class DvidOperations(pyfuse3.Operations):
         h = self.handles[fh]
         if h.scratch is not None:
             return bytes(h.scratch.data[off:off + size])
+        if h.stream is not None:
+            if h.stream.in_memory:
+                return h.stream.read(off, size)
+            return await self._run(h.stream.read, off, size)
         if h.data is None:
             async with h.loading:  # concurrent reads of one handle render once
                 if h.data is None:
@@ -515,6 +534,8 @@ class DvidOperations(pyfuse3.Operations):
 
     async def release(self, fh):
         h = self.handles.pop(fh, None)
+        if h is not None and h.stream is not None:
+            h.stream.close()
         if h is not None and h.entry in self.pending_slices and self._held(h.ino) is None:
             # created and never stored: the name must not outlive its last handle
             self.pending_slices.discard(h.entry)
@@ -540,18 +561,38 @@ class DvidOperations(pyfuse3.Operations):
         if e.locked and not e.settable_when_locked:
             raise pyfuse3.FUSEError(errno.EROFS)
         if fields.update_size:
+            held = False
             for h in self.handles.values():
                 if h.ino == inode and h.writing and isinstance(h.data, bytearray):
                     self._check_size(e, h.limit, attr.st_size, inode)
                     del h.data[attr.st_size:]
                     h.data.extend(b"\0" * (attr.st_size - len(h.data)))
                     h.dirty = True
+                    held = True
+            if not held and e.stores_bytes and e not in self.pending_slices:  # `truncate -s N key`
+                try:
+                    await self._run(self.tree.truncate, e, attr.st_size)
+                except DvidfsError as exc:
+                    raise self._fail(e.uuid, f"truncate {e.describe()}", exc) from exc
+                await self._drain()
         return await self.getattr(inode, ctx)
 
     # ------------------------------------------------------------ namespace changes
     async def create(self, parent_inode, name, mode, flags, ctx):
         parent = self._entry(parent_inode)
         sname = os.fsdecode(name)
+        if parent.accepts_files:  # keys: any valid name is a file, stored at close (even empty)
+            try:
+                e = self._inline(self.tree.new_file, parent, sname)
+            except DvidfsError as exc:
+                raise self._fail(parent.uuid, f"create {parent.describe()}/{sname}", exc) from exc
+            limit = await self._run(self.tree.upload_limit, e)
+            fh = self._fh()
+            ino = self._remember(parent_inode, name, e)
+            self.pending_slices.add(e)
+            self.handles[fh] = Handle(e, ino, bytearray(), writing=True, dirty=e.stores_bytes, limit=limit)
+            self.inodes.ref(ino)
+            return pyfuse3.FileInfo(fh=fh, direct_io=True), self._pending_attrs(ino)
         if not parent.accepts_temp_files:
             if isinstance(parent, ControlDir):
                 raise pyfuse3.FUSEError(errno.EPERM)
@@ -585,6 +626,9 @@ class DvidOperations(pyfuse3.Operations):
     async def rename(self, parent_old, name_old, parent_new, name_new, flags, ctx):
         pold, pnew = self._entry(parent_old), self._entry(parent_new)
         old, new = os.fsdecode(name_old), os.fsdecode(name_new)
+        if pold.accepts_files:
+            await self._rename_file(pold, pnew, parent_new, old, new, name_new, flags)
+            return
         s = self.scratch.get((pold, old)) if pold.accepts_temp_files else None
         if s is None or pnew != pold:
             raise pyfuse3.FUSEError(errno.EROFS if pold.locked else errno.EPERM)
@@ -609,9 +653,30 @@ class DvidOperations(pyfuse3.Operations):
         self.scratch_ino.pop(s.ino, None)
         await self._drain()
 
+    async def _rename_file(self, pold: Entry, pnew: Entry, parent_new: int, old: str, new: str,
+                           name_new: bytes, flags: int) -> None:
+        """`mv` of a key: one atomic change; the inode moves with the name."""
+        if pnew != pold:
+            raise pyfuse3.FUSEError(errno.EXDEV)  # mv then copies and removes
+        if flags & RENAME_EXCHANGE:
+            raise pyfuse3.FUSEError(errno.EINVAL)
+        try:
+            e = await self._run(self.tree.rename_file, pold, old, new, not flags & RENAME_NOREPLACE)
+        except DvidfsError as exc:
+            raise self._fail(pold.uuid, f"rename {pold.describe()}/{old} -> {new}", exc) from exc
+        self.inodes.move(pold.child(type(e), name=old), e, parent_new, name_new)
+        await self._drain()
+
     async def unlink(self, parent_inode, name, ctx):
         parent = self._entry(parent_inode)
         sname = os.fsdecode(name)
+        if parent.accepts_files:
+            try:
+                await self._run(self.tree.remove_file, parent, sname)
+            except DvidfsError as exc:
+                raise self._fail(parent.uuid, f"rm {parent.describe()}/{sname}", exc) from exc
+            await self._drain()
+            return
         s = self.scratch.pop((parent, sname), None) if parent.accepts_temp_files else None
         if s is not None:
             self.scratch_ino.pop(s.ino, None)

@@ -36,7 +36,7 @@ class Tree:
         self.cache = LRUCache(core.config.render_cache if cache_bytes is None else cache_bytes)
         # (instance id, version) -> (write generation, extents): a stat or a
         # listing of a slice directory reads the extents once per write
-        self._extents: dict[tuple[int, int], tuple[int, Box | None]] = {}
+        self._extents: dict[tuple[int, int, int], tuple[int, Box | None]] = {}
         self._extents_lock = threading.Lock()
 
     # ------------------------------------------------------------ shared helpers
@@ -45,7 +45,7 @@ class Tree:
 
     def extents(self, e: Entry) -> Box | None:
         """Extents of e's instance at e's node, remembered per write generation."""
-        key = (e.obj.inst.id, e.node.version_id)
+        key = (e.obj.inst.id, e.node.version_id, getattr(e.obj, "scale", 0))  # level views: their own
         gen = self.core.generation(e.node, e.obj)
         known = self._extents.get(key)
         if known is not None and known[0] == gen:
@@ -91,6 +91,31 @@ class Tree:
 
     def upload_limit(self, e: Entry) -> int:
         return e.upload_limit(self)
+
+    def open_stream(self, e: Entry):
+        """A streamed file opened for reading (see `Entry.open_stream`)."""
+        return e.open_stream(self)
+
+    # files stored in a directory that accepts them (keys): each call is one atomic change
+    def new_file(self, parent: Entry, name: str) -> Entry:
+        if parent.locked:
+            raise ReadOnlyError(f"node {parent.uuid} is committed (read-only)")
+        return parent.new_file(self, name)
+
+    def rename_file(self, parent: Entry, old: str, new: str, replace: bool = True) -> Entry:
+        if parent.locked:
+            raise ReadOnlyError(f"node {parent.uuid} is committed (read-only)")
+        return parent.rename_file(self, old, new, replace)
+
+    def remove_file(self, parent: Entry, name: str) -> None:
+        if parent.locked:
+            raise ReadOnlyError(f"node {parent.uuid} is committed (read-only)")
+        parent.remove_file(self, name)
+
+    def truncate(self, e: Entry, size: int) -> None:
+        if e.locked:
+            raise ReadOnlyError(f"node {e.uuid} is committed (read-only)")
+        e.truncate(self, size)
 
     def control(self, e: Entry, text: str) -> str:
         """Run a text command written to a control file; returns what happened."""

@@ -3,6 +3,9 @@
     <inst>/xy/<z>.png, xz/<y>.png, yz/<x>.png     8-bit slices (grayscale)
     <inst>/xy/<z>.tif …                            exact uint64 ids (labels)
     <inst>/xy-rgb/<z>.png …                        a stable colour per body (labels, for Fiji)
+    <inst>/s<n>/xy/<z>.png …                       pyramid level n (read-only), the same views
+                                                   and names; one directory per stored level
+    <inst>/precomputed/…                           neuroglancer precomputed (fs/precomputed.py)
 
 Slice names are the coordinate zero-padded to SLICE_WIDTH digits, so `ls` and
 Fiji sort non-negative coordinates numerically; directories list them in
@@ -96,7 +99,36 @@ def _inside(ext, plane_dir: str, coord: int) -> bool:
 
 
 def volume_children(inst: Entry, tree: "Tree") -> list[tuple[str, Entry]]:
-    return [(p, inst.child(PlaneDir, plane=p)) for p in plane_formats(inst.obj.dtype)]
+    from dvidfs.fs.precomputed import PrecomputedDir
+    levels = inst.obj.pyramid_levels(tree.core.view(inst.node))
+    return (plane_children(inst)
+            + [(f"s{n}", inst.child(LevelDir, scale=n, obj=inst.obj.level(n))) for n in range(1, levels + 1)]
+            + [("precomputed", inst.child(PrecomputedDir, name="precomputed"))])
+
+
+def plane_children(e: Entry) -> list[tuple[str, Entry]]:
+    """The plane directories of `e`'s volume at `e`'s level."""
+    return [(p, e.child(PlaneDir, plane=p)) for p in plane_formats(e.obj.dtype)]
+
+
+class LevelDir(DirEntry):
+    """`s<n>/`: pyramid level n, with the plane directories of level 0."""
+
+    def attr(self, tree: "Tree") -> Attr:
+        if self.scale > self.obj.pyramid_levels(tree.core.view(self.node)):
+            raise NotFoundError(f"{self.data} has no stored level {self.scale}")
+        return Attr("dir", 0, False, tree.mtime(self.node), self.locked)
+
+    def children(self, tree: "Tree") -> list[tuple[str, Entry]]:
+        return plane_children(self)
+
+    def lookup(self, tree: "Tree", name: str) -> Entry:
+        if name in plane_formats(self.obj.dtype):
+            return self.child(PlaneDir, plane=name)
+        raise NotFoundError(f"no {name!r} in level {self.scale} of {self.data!r}")
+
+    def describe(self) -> str:
+        return f"{self.data}/s{self.scale}"
 
 
 class _OnPlane:
@@ -113,12 +145,17 @@ class _OnPlane:
 
     def slice_attr(self, tree: "Tree", ext) -> Attr:
         fmt = self.format
-        return Attr("file", fmt.size(*self.axes.dims(ext)), not self.locked and fmt.writable,
+        return Attr("file", fmt.size(*self.axes.dims(ext)), not self.locked and fmt.writable and not self.scale,
                     tree.mtime(self.node), self.locked)
 
 
 class PlaneDir(_OnPlane, DirEntry):
-    accepts_temp_files = True
+    @property
+    def accepts_temp_files(self) -> bool:  # type: ignore[override]
+        return not self.scale   # levels are computed: nothing is written there
+
+    def attr(self, tree: "Tree") -> Attr:
+        return Attr("dir", 0, not self.locked and not self.scale, tree.mtime(self.node), self.locked)
 
     def slice_entry(self, coord: int) -> "Slice":
         return self.child(Slice, coord=coord)
@@ -167,8 +204,11 @@ class _SliceListing(Sequence):
 
 class Slice(_OnPlane, Entry):
     rendered = True
-    write_mode = ON_CLOSE
     starts_with_content = True
+
+    @property
+    def write_mode(self) -> str | None:  # type: ignore[override]
+        return None if self.scale else ON_CLOSE
 
     def attr(self, tree: "Tree") -> Attr:
         ext = tree.extents(self)
@@ -184,6 +224,8 @@ class Slice(_OnPlane, Entry):
         return self.child(PlaneDir).upload_limit(tree)
 
     def upload(self, tree: "Tree", data: bytes) -> str:
+        if self.scale:
+            raise InvalidInputError(f"level {self.scale} is computed from level 0: write slices there")
         if not self.format.writable:
             raise InvalidInputError(f"{self.plane} shows colours; write uint64 TIFF slices to "
                                     f"{self.plane[:2]}/ instead")
@@ -197,4 +239,5 @@ class Slice(_OnPlane, Entry):
         return f"wrote {self.plane} slice {self.coord}"
 
     def describe(self) -> str:
-        return f"{self.data}/{self.plane}/{self.coord}"
+        level = f"s{self.scale}/" if self.scale else ""
+        return f"{self.data}/{level}{self.plane}/{self.coord}"

@@ -4,7 +4,10 @@ Why threads: handlers assemble voxels, encode PNGs and scan LevelDB; all of
 it would stall trio's loop (and with it the FUSE mount sharing the process).
 `trio.to_thread.run_sync` runs each handler with a bounded number of threads
 (`Config.http_threads`); numpy, zlib and the native block copier release the
-GIL, so several requests make progress at once.
+GIL, so several requests make progress at once.  Routes marked `inline`
+(small, bounded work: node status, a few stored blocks) are answered on the
+loop instead: the hop to a thread and back costs ~0.4 ms of CPU per request
+(measured: docs/http.md), more than such an answer.
 
 Bodies are read whole before the handler runs, never more than
 `Config.http_max_body` bytes: a bigger one is answered 413 without reading the
@@ -19,7 +22,7 @@ import trio
 
 from dvidfs.core import Dvid
 from dvidfs.server.http import HttpError, Request, Response, status_of, text_response
-from dvidfs.server.routes import Routes
+from dvidfs.server.routes import Bound, Routes
 
 log = logging.getLogger("dvidfs.server")
 
@@ -31,10 +34,12 @@ CORS_HEADERS = [(b"access-control-allow-origin", b"*"),
 
 def default_routes() -> Routes:
     """Every endpoint dvidfs serves: each handler module lists its own."""
-    from dvidfs.server import labelmap, repos, volumes
+    from dvidfs.server import keyvalue, labelmap, repos, volumes
+    from dvidfs.server import precomputed
     routes = Routes()
-    for module in (repos, volumes, labelmap):
+    for module in (repos, volumes, labelmap, keyvalue):
         module.register(routes)
+    precomputed.register(routes)   # /precomputed/…: neuroglancer's format, beside /api/
     return routes
 
 
@@ -53,18 +58,30 @@ class DvidApp:
 
     # ------------------------------------------------------------ synchronous core
     def handle(self, req: Request) -> Response:
-        missing = 400
+        bound = self.resolve(req)
+        return bound if isinstance(bound, Response) else self.answer(req, bound)
+
+    def resolve(self, req: Request) -> Bound | Response:
+        """The handler for `req` (refs and instance resolved), or the error reply."""
         try:
-            bound = self.routes.resolve(self.dvid, req)
-            missing = bound.route.missing
+            return self.routes.resolve(self.dvid, req)
+        except Exception as exc:
+            return self._error(req, exc, 400)
+
+    def answer(self, req: Request, bound: Bound) -> Response:
+        try:
             return bound.call()
-        except Exception as exc:  # every failure becomes a status + one readable line
-            status = status_of(exc, missing)
-            if status >= 500 and not isinstance(exc, HttpError):
-                log.error("%s %s failed:\n%s", req.method, req.path, traceback.format_exc())
-                msg = str(exc) if hasattr(exc, "errno") and str(exc) else f"internal error: {exc!r}"
-                return text_response(f"{msg}\n", status)
-            return text_response(f"{getattr(exc, 'message', None) or exc}\n", status)
+        except Exception as exc:
+            return self._error(req, exc, bound.route.missing)
+
+    def _error(self, req: Request, exc: Exception, missing: int) -> Response:
+        """Every failure becomes a status and one readable line."""
+        status = status_of(exc, missing)
+        if status >= 500 and not isinstance(exc, HttpError):
+            log.error("%s %s failed:\n%s", req.method, req.path, traceback.format_exc())
+            msg = str(exc) if hasattr(exc, "errno") and str(exc) else f"internal error: {exc!r}"
+            return text_response(f"{msg}\n", status)
+        return text_response(f"{getattr(exc, 'message', None) or exc}\n", status)
 
     # ------------------------------------------------------------ ASGI
     async def __call__(self, scope, receive, send) -> None:
@@ -81,7 +98,13 @@ class DvidApp:
             await self._send(send, body, head=False)
             return
         req = Request.from_scope(scope, body)
-        resp = await trio.to_thread.run_sync(self.handle, req, limiter=self.limiter)
+        bound = self.resolve(req)  # dict lookups: cheap enough for the loop
+        if isinstance(bound, Response):
+            resp = bound
+        elif bound.inline:
+            resp = self.answer(req, bound)
+        else:
+            resp = await trio.to_thread.run_sync(self.answer, req, bound, limiter=self.limiter)
         await self._send(send, resp, head=req.method == "HEAD")
 
     async def _read_body(self, scope, receive) -> bytes | Response:

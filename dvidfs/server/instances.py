@@ -3,8 +3,12 @@
 Our data types report their info in DVID's field names already; what differs
 is the vocabulary a client checks: TypeName `uint8blk`/`labelmap` (neuroglancer
 refuses `grayscale`), `Values[0].Label`, `Compression` as DVID words it, and
-`MaxDownresLevel` at least 1 (dvidtools and neuroglancer fail on 0; levels
-above 0 are computed on demand from level 0, see labelmap.py).
+`MaxDownresLevel`: the levels a client may ask for with `scale=N` — the stored
+pyramid levels (data/pyramid.py), but at least 5, computed on demand from the
+highest stored level (data/downres.py) where not stored.  Clients choose their
+scale from it (dvidtools and neuroglancer fail on 0; dvid-point-cloud's
+auto-scale refuses a scale above it), so it is never fewer than before stored
+pyramids existed.  `StoredDownresLevel` (a dvidfs addition) says how many are stored.
 """
 from __future__ import annotations
 
@@ -17,9 +21,9 @@ from dvidfs.server.routes import DVID_TYPENAME, OUR_TYPENAME, Call, Routes
 from dvidfs.versions.model import Node
 
 COMPRESSION = "LZ4 compression, level -1"
-# Levels a client may ask for with scale=N.  Without a stored pyramid every
-# level is computed from level 0 (2x mode per level, as DVID downsamples labels).
-MAX_DOWNRES_LEVEL = 5
+# The least MaxDownresLevel reported: levels above the stored ones are computed
+# on demand from the highest stored level (2x mode, as DVID downsamples labels).
+MIN_DOWNRES_LEVEL = 5
 
 
 def dvid_info(dvid: Dvid, node: Node, name: str) -> dict:
@@ -30,8 +34,11 @@ def dvid_info(dvid: Dvid, node: Node, name: str) -> dict:
     typename = DVID_TYPENAME.get(data.typename, data.typename)
     base.update({"TypeName": typename, "TypeURL": f"github.com/janelia-flyem/dvid/datatype/{typename}",
                  "TypeVersion": "0.1", "DataUUID": f"{base['RepoUUID']}-{data.inst.id}",
-                 "Compression": COMPRESSION, "Checksum": "No checksum", "Syncs": [],
+                 "Compression": COMPRESSION if "volume" in data.offers else "No compression",
+                 "Checksum": "No checksum", "Syncs": [],
                  "KVStore": "leveldb", "LogStore": "", "Tags": {}})
+    if "volume" not in data.offers:  # keyvalue: DVID's Extended is {}
+        return info
     dtype = ext.get("Values", [{}])[0].get("DataType", "")
     ext["Values"] = [{"DataType": dtype, "Label": "labelmap" if typename == "labelmap" else dtype}]
     units = ext.get("VoxelUnits")
@@ -44,7 +51,9 @@ def dvid_info(dvid: Dvid, node: Node, name: str) -> dict:
         ext["MinIndex"] = [p // b for p, b in zip(ext["MinPoint"], bs)]
         ext["MaxIndex"] = [p // b for p, b in zip(ext["MaxPoint"], bs)]
     if typename == "labelmap":
-        ext["MaxDownresLevel"] = MAX_DOWNRES_LEVEL
+        stored = int(ext.get("MaxDownresLevel") or 0)
+        ext["StoredDownresLevel"] = stored
+        ext["MaxDownresLevel"] = max(stored, MIN_DOWNRES_LEVEL)
         ext["MaxRepoLabel"] = data.repo_max_label()
         ext["MaxLabel"] = {str(node.version_id): ext.get("MaxLabel", 0)}
     return info

@@ -6,6 +6,7 @@ DVID's paths have four shapes, and so has this router:
     /api/repo/<ref>/<action>[/<arg>…]             repo routes (handler gets the repo's node)
     /api/node/<ref>/<action>                      node routes (commit, branch, note, log…)
     /api/node/<ref>/<data>/<endpoint>[/<arg>…]    instance endpoints, per data type
+    /<prefix>/<arg>…                              other trees (`prefix_route`: /precomputed/…)
 
 Handler modules (repos.py, volumes.py, labelmap.py) list their handlers in a
 `register(routes)` function — explicit lines, no import-time side effects.
@@ -25,7 +26,7 @@ from dvidfs.server.http import HttpError, Request, Response
 from dvidfs.versions.model import Node
 
 # dvidfs type names <-> the TypeName strings DVID's clients look for
-DVID_TYPENAME = {"grayscale": "uint8blk", "labels": "labelmap"}
+DVID_TYPENAME = {"grayscale": "uint8blk", "labels": "labelmap", "keyvalue": "keyvalue"}
 OUR_TYPENAME = {v: k for k, v in DVID_TYPENAME.items()}
 WRITE_METHODS = frozenset({"POST", "PUT", "DELETE"})
 
@@ -57,6 +58,11 @@ class Route:
     handler: Callable
     missing: int = 400        # status when the handler finds its label/key absent
     writes: bool = False      # refused on a locked node before the handler runs
+    # Answer on the event loop instead of a worker thread: for requests whose work is
+    # small and bounded (no fsync, no voxel decoding), where the thread hop would cost
+    # more than the answer (~0.4 ms of CPU per request, see docs/http.md).  True, or a
+    # predicate of the instance endpoint's Call.
+    inline: bool | Callable[["Call"], bool] = False
 
 
 @dataclass(frozen=True)
@@ -65,6 +71,7 @@ class Bound:
 
     route: Route
     call: Callable[[], Response]
+    inline: bool = False
 
 
 class Routes:
@@ -73,27 +80,34 @@ class Routes:
         self.repo: dict[str, dict[str, Route]] = {}
         self.node: dict[str, dict[str, Route]] = {}
         self.instance: dict[tuple[str, str], dict[str, Route]] = {}
+        self.prefix: dict[str, dict[str, Route]] = {}
 
     # ------------------------------------------------------------ registration
-    def server_route(self, path: str, methods: str, handler: ServerHandler) -> None:
+    def server_route(self, path: str, methods: str, handler: ServerHandler, inline: bool = False) -> None:
         """`path` like "server/info" (after /api/); args are the segments after it."""
-        self._add(self.server.setdefault(tuple(path.split("/")), {}), methods, Route(handler))
+        self._add(self.server.setdefault(tuple(path.split("/")), {}), methods, Route(handler, inline=inline))
 
-    def repo_route(self, action: str, methods: str, handler: NodeHandler) -> None:
-        self._add(self.repo.setdefault(action, {}), methods, Route(handler))
+    def repo_route(self, action: str, methods: str, handler: NodeHandler, inline: bool = False) -> None:
+        self._add(self.repo.setdefault(action, {}), methods, Route(handler, inline=inline))
 
-    def node_route(self, action: str, methods: str, handler: NodeHandler) -> None:
-        self._add(self.node.setdefault(action, {}), methods, Route(handler))
+    def node_route(self, action: str, methods: str, handler: NodeHandler, inline: bool = False) -> None:
+        self._add(self.node.setdefault(action, {}), methods, Route(handler, inline=inline))
+
+    def prefix_route(self, prefix: str, methods: str, handler: ServerHandler, missing: int = 404) -> None:
+        """A tree of its own outside /api/ (e.g. "precomputed"): the handler gets
+        the segments after the prefix; absent things answer `missing`."""
+        self._add(self.prefix.setdefault(prefix, {}), methods, Route(handler, missing))
 
     def endpoint(self, typenames: str, name: str, methods: str, handler: InstanceHandler,
-                 missing: int = 400, writes: bool | None = None) -> None:
+                 missing: int = 400, writes: bool | None = None,
+                 inline: bool | Callable[[Call], bool] = False) -> None:
         """`typenames`: our type names, space separated ("grayscale labels");
         `methods`: "GET HEAD POST"; `writes` defaults to "the verb is POST/PUT/DELETE"."""
         for t in typenames.split():
             table = self.instance.setdefault((t, name), {})
             for m in methods.split():
                 w = (m in WRITE_METHODS) if writes is None else writes
-                self._add(table, m, Route(handler, missing, w))
+                self._add(table, m, Route(handler, missing, w, inline and not w))
 
     @staticmethod
     def _add(table: dict[str, Route], methods: str, route: Route) -> None:
@@ -105,6 +119,9 @@ class Routes:
     # ------------------------------------------------------------ resolution
     def resolve(self, dvid: Dvid, req: Request) -> Bound:
         seg = req.segments
+        if seg and seg[0] in self.prefix:
+            route = self._method(self.prefix[seg[0]], req)
+            return Bound(route, lambda: route.handler(dvid, req, seg[1:]))
         if len(seg) < 2 or seg[0] != "api":
             raise HttpError(404, f"no such route: {req.path} (DVID's API lives under /api/)")
         kind = seg[1]
@@ -117,7 +134,7 @@ class Routes:
             if table is not None:
                 route = self._method(table, req)
                 args = seg[1 + n:]
-                return Bound(route, lambda: route.handler(dvid, req, args))
+                return Bound(route, lambda: route.handler(dvid, req, args), route.inline is True)
         raise HttpError(404, f"no such route: {req.path}")
 
     def _repo(self, dvid: Dvid, req: Request, seg: list[str]) -> Bound:
@@ -127,7 +144,7 @@ class Routes:
             raise HttpError(400, f"unknown repo action {action!r} (known: {', '.join(sorted(self.repo))})")
         route = self._method(table, req)
         node = dvid.node(seg[2])
-        return Bound(route, lambda: route.handler(dvid, req, node, seg[4:]))
+        return Bound(route, lambda: route.handler(dvid, req, node, seg[4:]), route.inline is True)
 
     def _node(self, dvid: Dvid, req: Request, seg: list[str]) -> Bound:
         node = dvid.node(seg[2])
@@ -135,7 +152,7 @@ class Routes:
         table = self.node.get(name) if len(seg) == 4 else None
         if table is not None:
             route = self._method(table, req)
-            return Bound(route, lambda: route.handler(dvid, req, node, []))
+            return Bound(route, lambda: route.handler(dvid, req, node, []), route.inline is True)
         if len(seg) < 5:
             raise HttpError(400, f"{req.path}: name an endpoint of data instance {name!r} "
                                  f"(/api/node/<uuid>/{name}/<endpoint>) or a node action "
@@ -152,7 +169,8 @@ class Routes:
             raise ReadOnlyError(f"node {node.uuid} is locked (committed): {req.method} {endpoint} is "
                                 "refused; make a child node (branch/newversion) to change data")
         call = Call(dvid, req, node, data, seg[5:])
-        return Bound(route, lambda: route.handler(call))
+        inline = route.inline(call) if callable(route.inline) else route.inline
+        return Bound(route, lambda: route.handler(call), bool(inline))
 
     @staticmethod
     def _method(table: dict[str, Route], req: Request) -> Route:

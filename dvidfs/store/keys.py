@@ -34,11 +34,14 @@ SUFFIX_LEN = 9  # version u32 + client u32 + marker
 CLASS_PROPERTIES = 1
 CLASS_EXTENTS = 2          # per-version extents of a volume instance
 CLASS_GRAY_BLOCK = 23      # imageblk block
+CLASS_GRAY_LEVEL = 24      # dvidfs: grayscale pyramid block, | scale u8 | IZYX (level 0 stays class 23)
+CLASS_KEYVALUE = 177       # keyvalue: key | 0x00 (DVID's keyStandard); 0x00 | blob | chunk: large values
 CLASS_LABEL_BLOCK = 186    # labelmap block
 CLASS_LABEL_INDEX = 187    # labelmap label index
 CLASS_MAX_LABEL = 237      # labelmap max label per version
 CLASS_MAPPING = 242        # dvidfs: supervoxel -> body mapping entries
 CLASS_MUTATION_LOG = 243   # dvidfs: mutation log records
+CLASS_PYRAMID = 244        # dvidfs: pyramid levels built and kept current (JSON {"Levels": n})
 
 _U32 = struct.Struct(">I")
 _IZYX = struct.Struct(">III")

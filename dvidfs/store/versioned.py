@@ -128,6 +128,10 @@ def scan_ranges(reader: Reader, instance_id: int, ranges, view: VersionView,
 
     with reader.cursor() as it:
         key, value, advance, valid = it.key, it.value, it.next, it.valid
+        plan = getattr(it, "plan", None)
+        if plan is not None:  # a remote engine (S3) fetches the values of these ranges ahead, in parallel
+            ranges = list(ranges)
+            plan([(prefix + lo, prefix + hi + b"\xff" * (slen + 1)) for lo, hi in ranges])
         for tk_lo, tk_hi in ranges:
             stop = prefix + tk_hi + b"\xff" * (slen + 1)
             it.seek(prefix + tk_lo)
