@@ -183,6 +183,8 @@ def test_dvid_on_s3_reads_what_leveldb_reads(s3, bucket, pfx, tmp_path):
     # without `create`, a store that is not there is an error that says what to do
     with pytest.raises(NotFoundError, match="dvidfs init"):
         Dvid(url(s3, bucket, pfx + "-nothing"))
+    with pytest.raises(NotFoundError, match="there is no bucket 'no-such-bucket'"):
+        Dvid(url(s3, "no-such-bucket", "p"))
 
 
 def test_cli_init_creates_the_bucket(s3, tmp_path):

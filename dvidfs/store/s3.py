@@ -204,12 +204,12 @@ def _error_code(exc: BaseException) -> str:
         err = exc.response.get("Error", {})
         code = str(err.get("Code", ""))
         status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        if code == "NoSuchBucket":
+            return "nobucket"
         if code in ("NoSuchKey", "404", "NotFound") or status == 404:
             return "missing"
         if code in ("PreconditionFailed", "412") or status == 412:
             return "precondition"
-        if code == "NoSuchBucket":
-            return "nobucket"
         return code or str(status)
     return type(exc).__name__
 
