@@ -20,12 +20,14 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from typing import Iterator
 
 import numpy as np
 
 from dvidfs.core import Dvid
 from dvidfs.sample import make_sample
 from dvidfs.samplestore import build_sample_store
+from serving import served
 
 SIZE_XYZ = (128, 128, 64)
 BLOCK = 64          # labelmap block size (dvidfs default for labels, DVID's default)
@@ -194,3 +196,15 @@ def decode_compressed_segmentation(payload: bytes, size_xyz, block=(8, 8, 8)) ->
                     values[idx].reshape(bz, by, bx)
     sx, sy, sz = size_xyz
     return out[:sz, :sy, :sx]
+
+
+def served_world(path: os.PathLike) -> Iterator[World]:
+    """The world behind a real server (`world.url`), closed afterwards: the body
+    of the module-scoped `world` fixtures."""
+    w = build_world(path)
+    try:
+        with served(w.core) as url:
+            w.url = url
+            yield w
+    finally:
+        w.core.close()

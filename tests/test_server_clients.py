@@ -19,19 +19,12 @@ dpc = pytest.importorskip("dvid_point_cloud", reason="dvid-point-cloud is in the
 from dvid_point_cloud.client import DVIDClient  # noqa: E402
 from dvid_point_cloud.sampling import accurate_sample_rles  # noqa: E402
 
-from clients_support import BLOCK, SIZE_XYZ, World, build_world, sort_xyz  # noqa: E402
-from serving import served  # noqa: E402
+from clients_support import BLOCK, SIZE_XYZ, World, served_world, sort_xyz  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    w = build_world(tmp_path_factory.mktemp("clients") / "store")
-    try:
-        with served(w.core) as url:
-            w.url = url
-            yield w
-    finally:
-        w.core.close()
+    yield from served_world(tmp_path_factory.mktemp("clients") / "store")
 
 
 def in_body(w: World, node: str, body: int, xyz, scale: int = 0) -> np.ndarray:

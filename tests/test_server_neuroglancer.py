@@ -39,8 +39,7 @@ import pytest
 import requests
 from PIL import Image
 
-from clients_support import SIZE_XYZ, World, build_world, decode_compressed_segmentation, padded_box
-from serving import served
+from clients_support import SIZE_XYZ, World, decode_compressed_segmentation, padded_box, served_world
 
 cseg = pytest.importorskip("compressed_segmentation", reason="pip install compressed-segmentation")
 
@@ -51,13 +50,7 @@ ORIGIN = {"Origin": "http://neuroglancer.example"}   # the browser's cross-origi
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    w = build_world(tmp_path_factory.mktemp("ng") / "store")
-    try:
-        with served(w.core) as url:
-            w.url = url
-            yield w
-    finally:
-        w.core.close()
+    yield from served_world(tmp_path_factory.mktemp("ng") / "store")
 
 
 @pytest.fixture(scope="module")
