@@ -36,6 +36,7 @@ from dvidfs.data.grayscale import Grayscale
 from dvidfs.data.keyvalue import KeyValue
 from dvidfs.data.labels import Labels
 from dvidfs.data.readahead import ReadAhead
+from dvidfs.data.roi import Roi
 from dvidfs.data.types import DataType, TypeContext, TypeRegistry, WriteGenerations
 from dvidfs.errors import NotFoundError, StoreBusyError
 from dvidfs.store.cache import LRUCache
@@ -55,6 +56,7 @@ def default_registry() -> TypeRegistry:
     reg.register(Grayscale)
     reg.register(Labels)
     reg.register(KeyValue)
+    reg.register(Roi)
     return reg
 
 

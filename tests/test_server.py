@@ -293,3 +293,22 @@ def test_serve_without_mount_stops_on_sigint_and_bad_addresses_are_one_line(tmp_
         r = subprocess.run([sys.executable, "-m", "dvidfs.cli", "serve", str(store_path), "--http", bad],
                            capture_output=True, text=True, timeout=60)
         assert r.returncode == 1 and r.stderr.startswith("dvidfs: error:") and len(r.stderr.splitlines()) == 1
+
+
+def test_a_body_cut_off_by_a_disconnect_is_never_acted_on(store):
+    """A client that announces 1000 bytes and hangs up after 10 must not get a
+    10-byte value stored (any prefix of a value is a valid value): the request
+    is dropped and the store is unchanged."""
+    import socket
+    u = store.new_repo("em").root
+    store.new_instance(store.node(u), "kv", "keyvalue")
+    with served(store) as url:
+        host, port = url.removeprefix("http://").split(":")
+        before = full_scan(store.engine)
+        with socket.create_connection((host, int(port))) as s:
+            s.sendall(f"POST /api/node/{u}/kv/key/k HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n"
+                      .encode() + b"0123456789")
+            time.sleep(0.3)
+        time.sleep(0.5)
+        assert requests.get(f"{url}/api/node/{u}/kv/key/k").status_code == 404
+        assert full_scan(store.engine) == before

@@ -16,6 +16,7 @@ from dvidfs.errors import NotFoundError
 from dvidfs.fs.bodies import body_children
 from dvidfs.fs.entry import Attr, DirEntry, Entry, as_json
 from dvidfs.fs.keyvalue import KeyValueDir
+from dvidfs.fs.roi import roi_children
 from dvidfs.fs.volumes import volume_children
 
 if TYPE_CHECKING:
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
 OFFER_VIEWS: dict[str, Callable[[Entry, "Tree"], list[tuple[str, Entry]]]] = {
     "volume": volume_children,
     "bodies": body_children,
+    "roi": roi_children,
 }
 OFFER_DIRS: dict[str, type[DirEntry]] = {"keys": KeyValueDir}
 

@@ -25,7 +25,8 @@ CONTROL_FILES = {
     "commit": "write a message: commit (lock) this node",
     "branch": "write a name: new child on a new branch; write an empty line: next version on this branch",
     "merge": "write node UUIDs (prefixes): new node merging this node and them",
-    "newdata": "write 'grayscale NAME [BLOCKSIZE]', 'labels NAME [BLOCKSIZE]' or 'keyvalue NAME': new data instance",
+    "newdata": ("write 'grayscale NAME [BLOCKSIZE]', 'labels NAME [BLOCKSIZE]', 'keyvalue NAME' or "
+                "'roi NAME [BLOCKSIZE]': new data instance"),
     "note": "read/write the node's note",
     "log": "read the node's log; each line written is appended",
     "info.json": "read: the node's info as JSON (DVID field names)",

@@ -34,10 +34,10 @@ CORS_HEADERS = [(b"access-control-allow-origin", b"*"),
 
 def default_routes() -> Routes:
     """Every endpoint dvidfs serves: each handler module lists its own."""
-    from dvidfs.server import keyvalue, labelmap, repos, volumes
+    from dvidfs.server import keyvalue, labelmap, repos, roi, volumes
     from dvidfs.server import precomputed
     routes = Routes()
-    for module in (repos, volumes, labelmap, keyvalue):
+    for module in (repos, volumes, labelmap, keyvalue, roi):
         module.register(routes)
     precomputed.register(routes)   # /precomputed/…: neuroglancer's format, beside /api/
     return routes
@@ -94,6 +94,8 @@ class DvidApp:
             await self._send(send, Response(b"", status=204), head=False)
             return
         body = await self._read_body(scope, receive)
+        if body is None:  # the client went away mid-body: never act on part of a request
+            return
         if isinstance(body, Response):
             await self._send(send, body, head=False)
             return
@@ -107,7 +109,9 @@ class DvidApp:
             resp = await trio.to_thread.run_sync(self.answer, req, bound, limiter=self.limiter)
         await self._send(send, resp, head=req.method == "HEAD")
 
-    async def _read_body(self, scope, receive) -> bytes | Response:
+    async def _read_body(self, scope, receive) -> bytes | Response | None:
+        """The whole body; a 413 reply when it is too large; None when the client
+        disconnected before sending all of it (a cut-off value must not be stored)."""
         for k, v in scope.get("headers", []):
             if k.lower() == b"content-length" and v.isdigit() and int(v) > self.max_body:
                 return text_response(f"request body of {int(v)} bytes is larger than the server's limit "
@@ -116,7 +120,7 @@ class DvidApp:
         while True:
             msg = await receive()
             if msg["type"] == "http.disconnect":
-                break
+                return None
             chunk = msg.get("body", b"")
             total += len(chunk)
             if total > self.max_body:

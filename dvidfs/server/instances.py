@@ -37,7 +37,7 @@ def dvid_info(dvid: Dvid, node: Node, name: str) -> dict:
                  "Compression": COMPRESSION if "volume" in data.offers else "No compression",
                  "Checksum": "No checksum", "Syncs": [],
                  "KVStore": "leveldb", "LogStore": "", "Tags": {}})
-    if "volume" not in data.offers:  # keyvalue: DVID's Extended is {}
+    if "volume" not in data.offers:  # keyvalue: DVID's Extended is {}; roi: BlockSize, MinZ, MaxZ
         return info
     dtype = ext.get("Values", [{}])[0].get("DataType", "")
     ext["Values"] = [{"DataType": dtype, "Label": "labelmap" if typename == "labelmap" else dtype}]
@@ -99,9 +99,12 @@ def create_instance(dvid: Dvid, node: Node, body: dict) -> str:
     bs = _config_value(body, "BlockSize")
     if bs:
         sizes = _triple(bs, int, "BlockSize")
-        if len(set(sizes)) != 1:
+        if ours == "roi":  # DVID's ROI blocks may differ per axis
+            opts["block_size"] = sizes
+        elif len(set(sizes)) != 1:
             raise InvalidInputError(f"BlockSize {bs!r}: dvidfs blocks are cubes")
-        opts["block_size"] = sizes[0]
+        else:
+            opts["block_size"] = sizes[0]
     vs = _config_value(body, "VoxelSize")
     if vs:
         opts["voxel_size"] = _triple(vs, float, "VoxelSize")

@@ -35,6 +35,7 @@ CLASS_PROPERTIES = 1
 CLASS_EXTENTS = 2          # per-version extents of a volume instance
 CLASS_GRAY_BLOCK = 23      # imageblk block
 CLASS_GRAY_LEVEL = 24      # dvidfs: grayscale pyramid block, | scale u8 | IZYX (level 0 stays class 23)
+CLASS_ROI = 90             # roi span: IZYX(x0, y, z) | length u32 (DVID's keyROI), empty value
 CLASS_KEYVALUE = 177       # keyvalue: key | 0x00 (DVID's keyStandard); 0x00 | blob | chunk: large values
 CLASS_LABEL_BLOCK = 186    # labelmap block
 CLASS_LABEL_INDEX = 187    # labelmap label index
