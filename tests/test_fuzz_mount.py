@@ -1168,9 +1168,7 @@ class Fuzzer:
                 return False
             if ent[0] == "root":
                 return valid_name(name) and not HEX_RE.fullmatch(name.lower())
-            if ent[0] == "node":
-                return m._new_instance(ent[1], name, "grayscale")
-            return False
+            return False  # in a node too: instances are made through .dvid/newdata only
         # the top is shared by all examples: predicted even in a lost example
         w = self.want(want) if ent[0] != "root" else want()
         r = self.sys(f"mkdir {path + b'/' + s.name!r}", w, os.mkdir, path + b"/" + s.name)
@@ -1872,7 +1870,7 @@ def test_successful_closes_survive_a_remount(tmp_path):
         _put(node / ".dvid" / "note", b"line one\nline two\n")                      # note
         _put(top / ".dvid" / "log", b"checked\n", os.O_WRONLY | os.O_APPEND)           # log (committed node)
         _put(node / ".dvid" / "newdata", b"labels seg2 16\n", pieces=1)              # newdata
-        os.mkdir(node / "gray2")                                                       # mkdir: instance
+        _put(node / ".dvid" / "newdata", b"grayscale gray2\n")                       # newdata (mkdir: refused)
         os.mkdir(mnt / "newrepo")                                                      # mkdir: repo
         _put(top / ".dvid" / "branch", b"side\n", pieces=2)                           # branch
         side = os.readlink(mnt / alias / "side")

@@ -303,7 +303,11 @@ def test_mkdir_repo_and_instance(rw_mount, tmp_path):
     mnt, uuid, _ = rw_mount
     assert run("mkdir", mnt / "newrepo").returncode == 0
     root = os.readlink(mnt / "newrepo/master")
-    assert run("mkdir", mnt / f"newrepo/{root}/em").returncode == 0
+    # mkdir cannot know the type: refused, nothing created, and last-error says what to do
+    assert run("mkdir", mnt / f"newrepo/{root}/em").returncode != 0
+    assert "em" not in os.listdir(mnt / f"newrepo/{root}")
+    assert ".dvid/newdata" in (mnt / f"newrepo/{root}/.dvid/last-error").read_text()
+    assert run("sh", "-c", f"echo 'grayscale em' > {mnt}/newrepo/{root}/.dvid/newdata").returncode == 0
     img = np.arange(24 * 10, dtype=np.uint8).reshape(10, 24)
     Image.fromarray(img).save(tmp_path / "0.png")
     assert run("cp", tmp_path / "0.png", mnt / f"newrepo/{root}/em/xy/0.png").returncode == 0

@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING
 
-from dvidfs.errors import InvalidInputError, NotFoundError
+from dvidfs.errors import InvalidInputError, NotFoundError, ReadOnlyError
 from dvidfs.fs.entry import NOW, Attr, DirEntry, Entry, as_json
 from dvidfs.fs.instances import instance_entry
 from dvidfs.versions.model import UUID_RE
@@ -114,8 +114,13 @@ class NodeDir(DirEntry):
         return out
 
     def mkdir(self, tree: "Tree", name: str) -> Entry:
-        tree.core.new_instance(self.node, name, "grayscale")
-        return instance_entry(tree, self, name)
+        """Refused: a directory name cannot say which type to create, and a
+        guessed instance would stay in the repo for good (DVID deletes none
+        without an admin guard).  The control file names the type."""
+        if self.node.locked:
+            raise ReadOnlyError(f"node {self.node.uuid} is committed: create data instances in an open node")
+        raise InvalidInputError(f"mkdir does not create data instances: write 'grayscale {name}', "
+                                f"'labels {name}', 'keyvalue {name}' or 'roi {name}' to .dvid/newdata")
 
 
 class ControlDir(DirEntry):
@@ -133,7 +138,8 @@ class ControlDir(DirEntry):
         return Attr("dir", 0, True, self.node.updated, False)
 
     def mkdir(self, tree: "Tree", name: str) -> Entry:
-        raise InvalidInputError("directories can be made at the top (a repo) or in a node (a grayscale instance)")
+        raise InvalidInputError("directories can be made only at the top (a repo); data instances are made "
+                                "through .dvid/newdata")
 
 
 class ControlFile(Entry):
