@@ -274,6 +274,27 @@ def test_serve_with_mount_shares_one_store_both_ways_and_stops_on_sigterm(tmp_pa
         assert n.locked and n.note.strip() in ("from the mount", "done")
 
 
+@pytest.mark.mount
+def test_an_external_unmount_stops_serve_too(tmp_path):
+    """The process never outlives half its job: `fusermount3 -u` of its mount
+    ends the server as well, cleanly (exit 0, marker gone)."""
+    store_path, mnt = tmp_path / "store", tmp_path / "mnt"
+    mnt.mkdir()
+    Dvid.init(store_path).close()
+    proc, url = _start_serve(store_path, "--mount", mnt)
+    try:
+        assert requests.get(f"{url}/api/heartbeat").status_code == 200
+        subprocess.run(["fusermount3", "-u", str(mnt)], check=True)
+        assert proc.wait(timeout=30) == 0
+        assert not (store_path / "mounted-at.json").exists()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if is_mounted(mnt):
+            subprocess.run(["fusermount3", "-u", "-z", str(mnt)])
+
+
 def test_serve_without_mount_stops_on_sigint_and_bad_addresses_are_one_line(tmp_path):
     store_path = tmp_path / "store"
     Dvid.init(store_path).close()

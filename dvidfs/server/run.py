@@ -84,15 +84,17 @@ def serve(store_path: str, http: str = "127.0.0.1:8000", mountpoint: str | None 
     if mountpoint:
         _check_mountpoint(mountpoint)
     setup_process(config, debug)
-    sock = bind(host, port)
     store = Dvid(store_path, config=config)
+    sock = None
     try:
+        sock = bind(host, port)
         with (fuse_mounted(store, mountpoint, debug) if mountpoint else nullcontext()) as ops:
             trio.run(_main, store, sock, ops, mountpoint)
     finally:
         store.clear_mounted()
         store.close()
-        sock.close()
+        if sock is not None:
+            sock.close()
 
 
 async def _main(store: Dvid, sock: socket.socket, ops, mountpoint: str | None) -> None:
@@ -103,18 +105,18 @@ async def _main(store: Dvid, sock: socket.socket, ops, mountpoint: str | None) -
     hc.errorlog = logging.getLogger("hypercorn.error")
     hc.graceful_timeout = 5.0
     app = DvidApp(store)
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(_stop_on_signal, stop, ops is not None)
-        await nursery.start(lambda task_status: hypercorn_serve(app, hc, shutdown_trigger=stop.wait,
-                                                                task_status=task_status))
-        store.mark_mounted(mountpoint, url_of(sock))  # so a busy store's error names the URL
-        where = f", mounted at {mountpoint}" if mountpoint else ""
-        print(f"dvidfs serve: {url_of(sock)}/api/help{where} (Ctrl-C stops)", flush=True)
-        if ops is not None:
-            await fuse_main(ops)  # returns on terminate() or an external unmount
-            stop.set()
-        else:
-            await stop.wait()
+    async with trio.open_nursery() as outer:
+        outer.start_soon(_stop_on_signal, stop, ops is not None)
+        async with trio.open_nursery() as inner:  # ends once hypercorn has finished its requests
+            await inner.start(lambda task_status: hypercorn_serve(app, hc, shutdown_trigger=stop.wait,
+                                                                  task_status=task_status))
+            store.mark_mounted(mountpoint, url_of(sock))  # so a busy store's error names the URL
+            where = f", mounted at {mountpoint}" if mountpoint else ""
+            print(f"dvidfs serve: {url_of(sock)}/api/help{where} (Ctrl-C stops)", flush=True)
+            if ops is not None:
+                await fuse_main(ops)  # returns on terminate() or an external unmount
+                stop.set()
+        outer.cancel_scope.cancel()  # the signal listener, when the stop did not come from it
 
 
 async def _stop_on_signal(stop: trio.Event, mounted: bool) -> None:
