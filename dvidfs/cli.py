@@ -177,6 +177,72 @@ def cmd_sample(args) -> None:
         print(f"repo {args.repo!r}: {sx}x{sy}x{sz} sample in node {uuid} (committed)")
 
 
+
+def _two_stores(args, local_role: str):
+    """(source path, destination path): two given, or one and -s STORE / $DVIDFS_STORE
+    standing for the local store in `local_role` ("src" for push, "dst" for pull)."""
+    if args.other is not None:
+        return args.first, args.other
+    local = args.store or os.environ.get("DVIDFS_STORE")
+    if not local:
+        raise InvalidInputError("give two stores, or one and -s STORE (or $DVIDFS_STORE) for the local one")
+    return (local, args.first) if local_role == "src" else (args.first, local)
+
+
+def _transfer(args, local_role: str) -> None:
+    from dvidfs.core import Dvid
+    from dvidfs.push import push
+    src_path, dst_path = _two_stores(args, local_role)
+    if os.path.abspath(src_path) == os.path.abspath(dst_path):
+        raise InvalidInputError("source and destination are the same store")
+    with Dvid(src_path) as src, Dvid(dst_path) as dst:
+        nodes = [src.node(r) for r in args.nodes] or None
+        with _progress(0, "push" if local_role == "src" else "pull", "key") as bar:
+            def progress(done: int, total: int) -> None:
+                if bar.total != total:
+                    bar.total = total
+                    bar.refresh()
+                bar.update(done)
+            rep = push(src, dst, nodes=nodes, branch=args.branch, progress=progress, repo=args.repo)
+        for u in rep.sent:
+            print(f"sent {u}")
+        print(f"{len(rep.sent)} node(s) sent ({rep.keys} keys, {rep.bytes} bytes), "
+              f"{len(rep.present)} already present")
+
+
+def cmd_push(args) -> None:
+    _transfer(args, "src")
+
+
+def cmd_pull(args) -> None:
+    _transfer(args, "dst")
+
+
+def cmd_diff(args) -> None:
+    from dvidfs.push import diff
+    with _open(args) as s:
+        a, b = s.node(args.node_a), s.node(args.node_b)
+        out = diff(s, a, b, args.data)
+        if args.json:
+            print(json.dumps({name: {"Type": d.typename, "Blocks": d.blocks,
+                                     "ScaledBlocks": {str(k): v for k, v in d.scaled_blocks.items()},
+                                     "Bodies": d.bodies, "Keys": d.keys, "Other": d.other}
+                              for name, d in out.items()}, indent=2))
+            return
+        for name, d in out.items():
+            for x, y, z in d.blocks:
+                print(f"{name}\tblock\t{x},{y},{z}")
+            for scale, coords in sorted(d.scaled_blocks.items()):
+                for x, y, z in coords:
+                    print(f"{name}\tblock@{scale}\t{x},{y},{z}")
+            for body in d.bodies:
+                print(f"{name}\tbody\t{body}")
+            for k in d.keys:
+                print(f"{name}\tkey\t{k}")
+            for o in d.other:
+                print(f"{name}\tother\t{o}")
+
+
 def _offering(s, node, name: str, what: str, needed: str):
     data = s.data(node, name)
     if what not in data.offers:
@@ -341,6 +407,27 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--no-labels", action="store_true")
     c.set_defaults(fn=cmd_sample)
+
+    for name, fn, help, one in (
+            ("push", cmd_push, "send committed nodes a store lacks (SRC -> DST)",
+             "push SRC DST, or -s SRC push DST (the local store sends)"),
+            ("pull", cmd_pull, "fetch committed nodes from a store (SRC -> DST)",
+             "pull SRC DST, or -s DST pull SRC (the local store receives)")):
+        c = sub.add_parser(name, help=help, description=f"{help}: {one}; with NODEs give both stores. "
+                           "Only committed nodes travel, ancestors first, with the keys they wrote.")
+        c.add_argument("first", metavar="STORE")
+        c.add_argument("other", metavar="STORE2", nargs="?", help=one)
+        c.add_argument("nodes", metavar="NODE", nargs="*", help="nodes to send (with their ancestors)")
+        c.add_argument("--branch", help="send this branch's newest committed node (and ancestors)")
+        c.add_argument("--repo", help="the repo of --branch, or the only repo to send")
+        c.set_defaults(fn=fn)
+
+    c = sub.add_parser("diff", help="which blocks, bodies and keys differ between two nodes")
+    c.add_argument("node_a")
+    c.add_argument("node_b")
+    c.add_argument("data", nargs="?", help="one data instance only")
+    c.add_argument("--json", action="store_true")
+    c.set_defaults(fn=cmd_diff)
 
     lab = sub.add_parser("labels", help="label bodies: list, size, sparsevol, merge, split, mutations")
     lsub = lab.add_subparsers(dest="sub", required=True)

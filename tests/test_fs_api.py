@@ -962,8 +962,14 @@ async def test_ops_mkdir_repo_and_instance(core):
         assert [r.alias for r in core.repos()] == ["newrepo"]
         root_uuid = (await ops.readlink(await ino_at(ops, "newrepo", "master"), None)).decode()
         node_ino = await ino_at(ops, "newrepo", root_uuid)
-        await ops.mkdir(node_ino, b"em", 0o755, None)
         node = core.node_by_uuid(root_uuid)
+        with pytest.raises(pyfuse3.FUSEError) as ei:  # mkdir cannot know the type: refused
+            await ops.mkdir(node_ino, b"em", 0o755, None)
+        assert fuse_errno(ei) == errno.EINVAL and "em" not in core.instances(node)
+        ctl = await ino_at(ops, "newrepo", root_uuid, ".dvid", "newdata")
+        fi = await ops.open(ctl, os.O_WRONLY, None)
+        await write_file(ops, fi.fh, b"grayscale em\n")
+        await ops.release(fi.fh)
         assert core.instances(node)["em"].typename == "grayscale"
         with pytest.raises(pyfuse3.FUSEError) as ei:
             await ops.mkdir(pyfuse3.ROOT_INODE, b"newrepo", 0o755, None)

@@ -18,7 +18,7 @@ LAYERS = {
     "formats": (1, ("formats",)),
     "versions": (2, ("versions",)),
     "data": (3, ("data", "transfer")),
-    "core": (4, ("core", "samplestore")),
+    "core": (4, ("core", "samplestore", "push")),
     "frontends": (5, ("fs", "cli", "server")),
 }
 # Front ends talk to the core: never to an engine, keys, versioned reads or the DAG.
