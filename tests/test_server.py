@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import re
 import signal
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 
 import numpy as np
 import pytest
@@ -217,15 +217,26 @@ def test_a_write_through_the_core_is_seen_by_the_next_request(store):
 
 
 # ---------------------------------------------------------------- the command, with a mount
-def _start_serve(store_path, *extra):
+@contextmanager
+def serving(store_path, mnt=None):
+    """The real `dvidfs serve` process (with `--mount mnt`): yields (proc, url);
+    whatever the test did, the process is killed if still running and the mount
+    removed."""
+    extra = ["--mount", str(mnt)] if mnt else []
     proc = subprocess.Popen([sys.executable, "-m", "dvidfs.cli", "serve", str(store_path),
-                             "--http", "127.0.0.1:0", *map(str, extra)],
+                             "--http", "127.0.0.1:0", *extra],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    line = proc.stdout.readline()
-    if not line.startswith("dvidfs serve: http://"):
-        proc.kill()
-        raise AssertionError(f"serve did not start: {line!r} {proc.stderr.read()[-2000:]}")
-    return proc, re.match(r"dvidfs serve: (http://[^/]+)/api/help", line).group(1)
+    try:
+        line = proc.stdout.readline()
+        if not line.startswith("dvidfs serve: http://"):
+            raise AssertionError(f"serve did not start: {line!r} {proc.stderr.read()[-2000:]}")
+        yield proc, re.match(r"dvidfs serve: (http://[^/]+)/api/help", line).group(1)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if mnt and is_mounted(mnt):
+            subprocess.run(["fusermount3", "-u", "-z", str(mnt)])
 
 
 @pytest.mark.mount
@@ -236,8 +247,7 @@ def test_serve_with_mount_shares_one_store_both_ways_and_stops_on_sigterm(tmp_pa
         u = s.new_repo("em").root
         s.new_instance(s.node(u), "gray", "grayscale", block_size=8).write(
             s.node(u), (0, 0, 0), np.zeros((4, 16, 16), np.uint8))
-    proc, url = _start_serve(store_path, "--mount", mnt)
-    try:
+    with serving(store_path, mnt) as (proc, url):
         assert is_mounted(mnt)
         # voxels written over HTTP are what the mount's slice shows next (no stale page)
         slice2 = mnt / "em" / u / "gray" / "xy" / "00002.png"
@@ -263,12 +273,6 @@ def test_serve_with_mount_shares_one_store_both_ways_and_stops_on_sigterm(tmp_pa
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
         assert not is_mounted(mnt)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        if is_mounted(mnt):
-            subprocess.run(["fusermount3", "-u", "-z", str(mnt)])
     with Dvid(store_path) as s:  # everything both faces wrote is in the store
         n = s.node(u)
         assert n.locked and n.note.strip() in ("from the mount", "done")
@@ -281,34 +285,23 @@ def test_an_external_unmount_stops_serve_too(tmp_path):
     store_path, mnt = tmp_path / "store", tmp_path / "mnt"
     mnt.mkdir()
     Dvid.init(store_path).close()
-    proc, url = _start_serve(store_path, "--mount", mnt)
-    try:
+    with serving(store_path, mnt) as (proc, url):
         assert requests.get(f"{url}/api/heartbeat").status_code == 200
         subprocess.run(["fusermount3", "-u", str(mnt)], check=True)
         assert proc.wait(timeout=30) == 0
         assert not (store_path / "mounted-at.json").exists()
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        if is_mounted(mnt):
-            subprocess.run(["fusermount3", "-u", "-z", str(mnt)])
 
 
 def test_serve_without_mount_stops_on_sigint_and_bad_addresses_are_one_line(tmp_path):
     store_path = tmp_path / "store"
     Dvid.init(store_path).close()
-    proc, url = _start_serve(store_path)
-    try:
+    with serving(store_path) as (proc, url):
         assert requests.get(f"{url}/api/repos/info").json() == {}
         r = subprocess.run([sys.executable, "-m", "dvidfs.cli", "-s", str(store_path), "repo", "list"],
                            capture_output=True, text=True, timeout=60)
         assert r.returncode == 1 and f"serves it at {url}" in r.stderr and "kill -TERM" in r.stderr
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=30) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
     assert not (store_path / "mounted-at.json").exists()  # the marker goes with the server
     for bad in ("nohost:80", "127.0.0.1:99999", "example.com:80"):
         r = subprocess.run([sys.executable, "-m", "dvidfs.cli", "serve", str(store_path), "--http", bad],

@@ -59,7 +59,7 @@ from contextlib import ExitStack
 from typing import Iterable, Iterator
 
 from dvidfs.data.types import DataType
-from dvidfs.errors import ConflictError, DvidfsError, ExistsError, InvalidInputError, NotFoundError, ReadOnlyError
+from dvidfs.errors import ConflictError, DvidfsError, ExistsError, InvalidInputError, NotFoundError
 from dvidfs.store import keys, versioned
 from dvidfs.store.engine import Batch, Reader
 from dvidfs.store.values import decode_value
@@ -397,13 +397,6 @@ class KeyValue(DataType):
             return out
 
     # ------------------------------------------------------------ writing
-    def check_writable(self, node: Node) -> None:
-        if node.locked:
-            raise ReadOnlyError(f"node {node.uuid} is committed (read-only); make a child node with "
-                                "`branch` to change data")
-        if self.inst.created_in not in self.db.ancestors(node.version_id):
-            raise NotFoundError(f"data instance {self.inst.name!r} does not exist at node {node.uuid}")
-
     def put(self, node: Node, key: str, value) -> None:
         """Store `value` (bytes-like, any length incl. 0) under `key` in open `node`."""
         self.put_many(node, [(key, value)])

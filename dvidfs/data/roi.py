@@ -42,7 +42,7 @@ from typing import Iterable
 import numpy as np
 
 from dvidfs.data.types import DataType
-from dvidfs.errors import InvalidInputError, NotFoundError, ReadOnlyError
+from dvidfs.errors import InvalidInputError
 from dvidfs.geometry import Box
 from dvidfs.store import keys, versioned
 from dvidfs.store.engine import Batch
@@ -304,13 +304,6 @@ class Roi(DataType):
         return out
 
     # ------------------------------------------------------------ writing
-    def check_writable(self, node: Node) -> None:
-        if node.locked:
-            raise ReadOnlyError(f"node {node.uuid} is committed (read-only); make a child node with "
-                                "`branch` to change data")
-        if self.inst.created_in not in self.db.ancestors(node.version_id):
-            raise NotFoundError(f"data instance {self.inst.name!r} does not exist at node {node.uuid}")
-
     def put_spans(self, node: Node, spans) -> None:
         """Replace the ROI at open `node` by `spans` (DVID's POST roi), atomically."""
         self._replace(node, normalize(check_spans(spans)))

@@ -27,7 +27,7 @@ import threading
 from dataclasses import dataclass
 from typing import Callable, ClassVar, Mapping
 
-from dvidfs.errors import ExistsError, InvalidInputError
+from dvidfs.errors import ExistsError, InvalidInputError, NotFoundError, ReadOnlyError
 from dvidfs.store.cache import LRUCache
 from dvidfs.store.versioned import VersionView
 from dvidfs.versions.dag import MergeContext, VersionDB
@@ -100,6 +100,15 @@ class DataType:
     def as_view(self, where: "VersionView | Node") -> VersionView:
         """Reads take a VersionView; a Node (what people have in hand) works too."""
         return self.db.view(where) if isinstance(where, Node) else where
+
+    def check_writable(self, node: Node) -> None:
+        """Every write of every type starts here: the node must be open and the
+        instance must exist there (it was created in an ancestor)."""
+        if node.locked:
+            raise ReadOnlyError(f"node {node.uuid} is committed (read-only); make a child node with "
+                                "`branch` to change data")
+        if self.inst.created_in not in self.db.ancestors(node.version_id):
+            raise NotFoundError(f"data instance {self.inst.name!r} does not exist at node {node.uuid}")
 
     def generation(self, view: VersionView) -> int:
         """Writes applied to this instance in `view`'s version so far.  Capture it

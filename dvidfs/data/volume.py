@@ -422,11 +422,7 @@ class BlockVolume(DataType):
         if self.scale:
             raise ReadOnlyError(f"level {self.scale} of {self.inst.name!r} is computed from level 0: "
                                 "write level 0 and the levels follow")
-        if node.locked:
-            raise ReadOnlyError(f"node {node.uuid} is committed (read-only); make a child node with "
-                                "`branch` to change data")
-        if self.inst.created_in not in self.db.ancestors(node.version_id):
-            raise NotFoundError(f"data instance {self.inst.name!r} does not exist at node {node.uuid}")
+        super().check_writable(node)
 
     def coerce(self, arr: np.ndarray) -> np.ndarray:
         """The array as this volume's dtype, refusing anything that would not be exact."""

@@ -22,7 +22,7 @@ import numpy as np
 from dvidfs.errors import InvalidInputError, NotFoundError
 from dvidfs.formats.images import encode_png_stored, png_size
 from dvidfs.fs.entry import ON_CLOSE, Attr, DirEntry, Entry
-from dvidfs.fs.volumes import _SliceListing, parse_slice_name, slice_name
+from dvidfs.fs.volumes import _SliceListing, parse_slice_name
 from dvidfs.geometry import PLANE, PLANES
 
 if TYPE_CHECKING:

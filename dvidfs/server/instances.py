@@ -16,7 +16,7 @@ import json
 
 from dvidfs.core import Dvid
 from dvidfs.errors import InvalidInputError
-from dvidfs.server.http import Request, Response, json_response, text_response
+from dvidfs.server.http import Response, json_response, text_response
 from dvidfs.server.routes import DVID_TYPENAME, OUR_TYPENAME, Call, Routes
 from dvidfs.versions.model import Node
 
