@@ -29,7 +29,6 @@ import io
 import json
 import os
 import shutil
-import subprocess
 import threading
 import urllib.parse
 from pathlib import Path
@@ -39,6 +38,7 @@ import pytest
 import requests
 from PIL import Image
 
+from chromium_cdp import Chromium, ChromiumError
 from clients_support import SIZE_XYZ, World, decode_compressed_segmentation, padded_box, served_world
 
 cseg = pytest.importorskip("compressed_segmentation", reason="pip install compressed-segmentation")
@@ -375,6 +375,17 @@ def _yellow_box(img: np.ndarray) -> tuple[int, int, int, int] | None:
     return rows.min(), rows.max(), cols.min(), cols.max()
 
 
+# every layer's data source resolved and every panel drawing from chunks in GPU
+# memory (neuroglancer's own Display.isReady / ManagedUserLayer.isReady, as its
+# Python screenshot tool waits for them)
+NEUROGLANCER_READY = """(() => {
+  const v = window.viewer;
+  if (!v) return false;
+  const layers = v.layerManager.managedLayers;
+  return layers.length > 0 && layers.every(l => l.isReady()) && v.display.isReady();
+})()"""
+
+
 def _screenshot(world: World, client_url: str, tmp_path: Path, layer: dict, z: int) -> np.ndarray:
     """Run neuroglancer in headless Chromium on one layer, xy view of plane z at
     4 screen pixels per voxel; return the part of the screenshot inside the
@@ -392,22 +403,15 @@ def _screenshot(world: World, client_url: str, tmp_path: Path, layer: dict, z: i
         "showScaleBar": False,
     }
     url = client_url + "#!" + urllib.parse.quote(json.dumps(state, separators=(",", ":")))
-    shot = tmp_path / "shot.png"
-    cmd = [browser, "--headless", "--no-sandbox", "--disable-gpu",
-           "--use-angle=swiftshader", "--enable-unsafe-swiftshader",   # software WebGL2
-           "--disable-background-networking", "--disable-component-update", "--no-first-run",
-           "--no-default-browser-check", "--disable-dev-shm-usage",
-           f"--user-data-dir={tmp_path / 'profile'}", "--window-size=800,800",
-           "--virtual-time-budget=120000", f"--screenshot={shot}", url]
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
-    except subprocess.TimeoutExpired:
-        pytest.fail("chromium did not finish within 180 s")
-    said = "\n".join(line for line in proc.stderr.splitlines() if "dbus" not in line)[-3000:]
-    assert shot.is_file(), f"no screenshot; chromium said:\n{said}"
-    img = np.asarray(Image.open(shot).convert("RGB"))
+    with Chromium(browser, tmp_path / "profile") as chromium:
+        try:
+            png, _ = chromium.screenshot(url, NEUROGLANCER_READY)
+        except ChromiumError as e:
+            chromium.close()
+            pytest.fail(f"{e}; chromium said:\n{chromium.stderr_tail()}")
+    img = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
     box = _yellow_box(img)
-    assert box is not None, f"no volume bounds drawn: the dvid:// source did not load; chromium said:\n{said}"
+    assert box is not None, "no volume bounds drawn although neuroglancer said it was ready"
     y0, y1, x0, x1 = box
     assert min(y1 - y0, x1 - x0) > 400, box
     inside = Image.fromarray(img[y0 + 2:y1 - 1, x0 + 2:x1 - 1])
