@@ -8,11 +8,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import sys
 
 from dvidfs.allocator import tune_allocator
 from dvidfs.config import Config
-from dvidfs.errors import DvidfsError, InvalidInputError
+from dvidfs.errors import ConflictError, DvidfsError, InvalidInputError
 
 
 def _triple(text: str, cast, what: str) -> tuple:
@@ -52,7 +53,8 @@ def _open(args, create: bool = False):
 
 def _print_node(n) -> None:
     flag = "committed" if n.locked else "open"
-    print(f"{n.uuid}  {n.branch_name:<12} {flag:<9} {n.note}")
+    tag = f"[tag {n.tag}] " if n.tag else ""
+    print(f"{n.uuid}  {n.branch_name:<12} {flag:<9} {tag}{n.note}")
 
 
 # ---------------------------------------------------------------- commands
@@ -132,10 +134,58 @@ def cmd_branch(args) -> None:
         print(n.uuid)
 
 
+def _full_list_hint(args, exc) -> ConflictError:
+    """The refusal's summary plus where its full list is (one line, as every error)."""
+    store = args.store or os.environ.get("DVIDFS_STORE") or "STORE"
+    refs = " ".join(shlex.quote(r) for r in args.nodes)
+    return ConflictError(f"{exc} — all {len(exc.lines)}: dvidfs -s {shlex.quote(store)} conflicts {refs}")
+
+
 def cmd_merge(args) -> None:
+    from dvidfs.core import MergeConflict
     with _open(args) as s:
-        n = s.merge([s.node(r) for r in args.nodes], args.message or "")
+        try:
+            n = s.merge([s.node(r) for r in args.nodes], args.message or "")
+        except MergeConflict as exc:
+            raise _full_list_hint(args, exc) from None
         print(n.uuid)
+
+
+def cmd_conflicts(args) -> None:
+    """Every key a merge of the nodes would be refused for (exit 0 either way)."""
+    with _open(args) as s:
+        lines = s.merge_conflicts([s.node(r) for r in args.nodes])
+        for line in lines:
+            print(line)
+        print(f"{len(lines)} conflicting key(s)" if lines else "no conflicts: the merge would succeed",
+              file=sys.stderr)
+
+
+def cmd_resolve(args) -> None:
+    from dvidfs.core import MergeConflict
+    with _open(args) as s:
+        try:
+            n = s.resolve([s.node(r) for r in args.nodes], args.message or "", data=args.data)
+        except MergeConflict as exc:
+            raise _full_list_hint(args, exc) from None
+        print(n.uuid)
+
+
+def cmd_tag(args) -> None:
+    with _open(args) as s:
+        n = s.tag(s.node(args.node), args.name, args.message or "")
+        print(n.uuid)
+
+
+def cmd_repo_log(args) -> None:
+    """DVID's repo log (GET/POST /api/repo/<uuid>/log): print it, or append lines."""
+    with _open(args) as s:
+        repo = s.repo(args.repo)
+        if args.append:
+            s.update_repo(repo, log_lines=args.append)
+            return
+        for line in repo.log:
+            print(line)
 
 
 def cmd_log(args) -> None:
@@ -158,8 +208,9 @@ def cmd_dag(args) -> None:
         for n in s.repo_nodes(repo):
             parents = ",".join(p[:8] for p in n.parents) or "-"
             tip = f"  <- {tips[n.uuid]}" if n.uuid in tips else ""
+            tag = f"[tag {n.tag}] " if n.tag else ""
             print(f"{n.uuid}  {n.branch_name:<12} {'committed' if n.locked else 'open':<9} "
-                  f"parents {parents:<17} {n.note}{tip}")
+                  f"parents {parents:<17} {tag}{n.note}{tip}")
 
 
 def cmd_info(args) -> None:
@@ -179,8 +230,9 @@ def cmd_sample(args) -> None:
 
 
 def _two_stores(args, local_role: str):
-    """(source path, destination path): two given, or one and -s STORE / $DVIDFS_STORE
-    standing for the local store in `local_role` ("src" for push, "dst" for pull)."""
+    """(source, destination): two given, or one and -s STORE / $DVIDFS_STORE
+    standing for the local store in `local_role` ("src" for push, "dst" for pull).
+    Either may be the http(s):// URL of a `dvidfs serve` (its store is held there)."""
     if args.other is not None:
         return args.first, args.other
     local = args.store or os.environ.get("DVIDFS_STORE")
@@ -190,20 +242,30 @@ def _two_stores(args, local_role: str):
 
 
 def _transfer(args, local_role: str) -> None:
+    from contextlib import ExitStack
     from dvidfs.core import Dvid
-    from dvidfs.push import push
+    from dvidfs.push import LocalReceiver, LocalSender, transfer
+    from dvidfs.server.transfer import HttpReceiver, HttpSender, is_url
     src_path, dst_path = _two_stores(args, local_role)
-    if os.path.abspath(src_path) == os.path.abspath(dst_path):
+    same = (src_path.rstrip("/") == dst_path.rstrip("/") if is_url(src_path) or is_url(dst_path)
+            else os.path.abspath(src_path) == os.path.abspath(dst_path))
+    if same:
         raise InvalidInputError("source and destination are the same store")
-    with Dvid(src_path) as src, Dvid(dst_path) as dst:
-        nodes = [src.node(r) for r in args.nodes] or None
+    with ExitStack() as stack:
+        sender = HttpSender(src_path) if is_url(src_path) else LocalSender(stack.enter_context(Dvid(src_path)))
+        receiver = (HttpReceiver(dst_path) if is_url(dst_path)
+                    else LocalReceiver(stack.enter_context(Dvid(dst_path))))
+        for side in (sender, receiver):
+            if hasattr(side, "close"):
+                stack.callback(side.close)
         with _progress(0, "push" if local_role == "src" else "pull", "key") as bar:
             def progress(done: int, total: int) -> None:
                 if bar.total != total:
                     bar.total = total
                     bar.refresh()
                 bar.update(done)
-            rep = push(src, dst, nodes=nodes, branch=args.branch, progress=progress, repo=args.repo)
+            rep = transfer(sender, receiver, list(args.nodes) or None, branch=args.branch,
+                           progress=progress, repo=args.repo)
         for u in rep.sent:
             print(f"sent {u}")
         print(f"{len(rep.sent)} node(s) sent ({rep.keys} keys, {rep.bytes} bytes), "
@@ -331,13 +393,17 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("path")
     c.set_defaults(fn=cmd_init)
 
-    repo = sub.add_parser("repo", help="repos: new, list").add_subparsers(dest="sub", required=True)
+    repo = sub.add_parser("repo", help="repos: new, list, log").add_subparsers(dest="sub", required=True)
     c = repo.add_parser("new", help="create a repo; prints its root UUID")
     c.add_argument("name")
     c.add_argument("--description")
     c.set_defaults(fn=cmd_repo_new)
     c = repo.add_parser("list", help="list repos and branch tips")
     c.set_defaults(fn=cmd_repo_list)
+    c = repo.add_parser("log", help="print the repo's log, or append to it")
+    c.add_argument("repo", help="repo name or any node UUID in it")
+    c.add_argument("--append", action="append", metavar="TEXT", help="line to append (repeatable)")
+    c.set_defaults(fn=cmd_repo_log)
 
     data = sub.add_parser("data", help="data instances: new").add_subparsers(dest="sub", required=True)
     c = data.add_parser("new", help="create a data instance in an open node")
@@ -388,6 +454,25 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("-m", "--message")
     c.set_defaults(fn=cmd_merge)
 
+    c = sub.add_parser("conflicts", help="every key a merge of these nodes would be refused for")
+    c.add_argument("nodes", nargs="+")
+    c.set_defaults(fn=cmd_conflicts)
+
+    c = sub.add_parser("resolve", help="merge committed nodes given in priority order: each conflicting key "
+                                       "takes the first parent's value (prints the new UUID)")
+    c.add_argument("nodes", nargs="+", help="parents, the winner of conflicts first")
+    c.add_argument("--data", action="append", metavar="NAME",
+                   help="data instance to resolve (repeatable; default all)")
+    c.add_argument("-m", "--message", "--note", dest="message", help="note of the new node")
+    c.set_defaults(fn=cmd_resolve)
+
+    c = sub.add_parser("tag", help="tag a committed node: a committed child on branch tag-NAME; NAME "
+                                   "then works as a node reference (prints the tag node's UUID)")
+    c.add_argument("node")
+    c.add_argument("name")
+    c.add_argument("-m", "--message", "--note", dest="message", help="note of the tag node")
+    c.set_defaults(fn=cmd_tag)
+
     c = sub.add_parser("log", help="a node and its ancestors, newest first")
     c.add_argument("node")
     c.add_argument("--json", action="store_true")
@@ -410,9 +495,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     for name, fn, help, one in (
             ("push", cmd_push, "send committed nodes a store lacks (SRC -> DST)",
-             "push SRC DST, or -s SRC push DST (the local store sends)"),
+             "push SRC DST, or -s SRC push DST (the local store sends); a store may be "
+             "the http://HOST:PORT of a `dvidfs serve`"),
             ("pull", cmd_pull, "fetch committed nodes from a store (SRC -> DST)",
-             "pull SRC DST, or -s DST pull SRC (the local store receives)")):
+             "pull SRC DST, or -s DST pull SRC (the local store receives); a store may be "
+             "the http://HOST:PORT of a `dvidfs serve`")):
         c = sub.add_parser(name, help=help, description=f"{help}: {one}; with NODEs give both stores. "
                            "Only committed nodes travel, ancestors first, with the keys they wrote.")
         c.add_argument("first", metavar="STORE")

@@ -7,7 +7,8 @@ names and numpy arrays — never keys:
 
 * repos: `new_repo`, `repos`, `repo`, `repo_of`, `branches`, `branch_tip`, `repo_nodes`
 * nodes: `node` (DVID's refs), `node_by_uuid`, `view`, `commit`, `branch`,
-  `merge`, `set_note`, `append_log`, `history`, `node_info` (DVID's JSON)
+  `merge`, `merge_conflicts`, `resolve`, `tag`, `tags`, `set_note`,
+  `append_log`, `history`, `node_info` (DVID's JSON)
 * instances: `new_instance`, `instances`, `data`, `instance_info`
 * data: the type objects `data()` returns (each type's own operations), plus
   `read_slice` (with read-ahead) and `generation` (for caches of renderings)
@@ -32,6 +33,7 @@ import numpy as np
 
 from dvidfs import storedir
 from dvidfs.config import Config
+from dvidfs.data.annotation import Annotation, LabelSz
 from dvidfs.data.grayscale import Grayscale
 from dvidfs.data.keyvalue import KeyValue
 from dvidfs.data.labels import Labels
@@ -44,7 +46,7 @@ from dvidfs.store.engine import OrderedKV
 from dvidfs.store.open import is_remote, open_engine
 from dvidfs.store.versioned import VersionView
 from dvidfs.timestamps import iso
-from dvidfs.versions.dag import VersionDB
+from dvidfs.versions.dag import MergeConflict, VersionDB  # noqa: F401  (MergeConflict: for front ends)
 from dvidfs.versions.model import Instance, Node, Repo
 
 log = logging.getLogger("dvidfs.core")
@@ -57,6 +59,8 @@ def default_registry() -> TypeRegistry:
     reg.register(Labels)
     reg.register(KeyValue)
     reg.register(Roi)
+    reg.register(Annotation)
+    reg.register(LabelSz)
     return reg
 
 
@@ -249,6 +253,38 @@ class Dvid:
         for n in (*parents, child):
             self._node_changed(n)
         return child
+
+    def merge_conflicts(self, parents: list[Node]) -> list[str]:
+        """Why a merge of `parents` would be refused: one conflicting key a line
+        ("<instance>: <description>"); empty when it would succeed."""
+        return self.db.merge_conflicts(parents, rules=self.types)
+
+    def resolve(self, parents: list[Node], note: str = "", uuid: str | None = None,
+                data: Iterable[str] | None = None) -> Node:
+        """DVID's resolve: merge committed `parents` given in priority order; each
+        conflicting key of the instances `data` (default all) takes the value of
+        the first parent that changed it.  Instances offering label bodies are
+        refused when they conflict: their label index is derived from the blocks."""
+        def resolvable(inst: Instance) -> str | None:
+            if "bodies" in self.types.get(inst.typename).offers:
+                return "its label index is derived from the blocks and resolve does not rebuild it"
+            return None
+        child = self.db.resolve(parents, note, uuid, rules=self.types, data=data, resolvable=resolvable)
+        for n in (*parents, child):
+            self._node_changed(n)
+        return child
+
+    def tag(self, node: Node, name: str, note: str = "") -> Node:
+        """DVID's tag: a committed child of committed `node` on branch "tag-<name>";
+        `name` then resolves as a node reference."""
+        child = self.db.tag(node, name, note)
+        self._node_changed(node)
+        self._node_changed(child)
+        return child
+
+    def tags(self, repo: Repo | None = None) -> dict[str, Node]:
+        """Tag name -> tagged node (the tag's own committed node)."""
+        return self.db.tags(repo)
 
     def set_note(self, node: Node, note: str) -> Node:
         self.db.set_note(node, note)

@@ -30,20 +30,37 @@ same keys: it completes and duplicates nothing.
 Diverged history: a node present in both stores with different parents or
 repo, or open in dst, is refused with its UUID named; so is a repo name that
 dst gives a different repo, or an instance whose type or creating node differs.
+
+Sender and receiver.  `transfer(sender, receiver)` is the one implementation:
+a `Sender` describes the source (`plan`: the nodes to send as JSON records,
+their repos and instances with the source's ids, the counters) and streams a
+node's records in the source's ids (`page`: change-index entries, values,
+chunks, tombstone marks, in bounded pages); a `Receiver` reports what the
+destination has (`state`), reserves ids (`reserve`), writes raw key batches
+in its own ids (`put`, refused unless every key belongs to a reserved,
+unfinished version) and finishes a node in one batch (`finish`).  All id
+mapping (`_send_node`, `_map_records`) happens in `transfer`.  `LocalSender`
+and `LocalReceiver` wrap a `Dvid`; `HttpSender` and `HttpReceiver`
+(dvidfs/server/transfer.py) call the endpoints of a `dvidfs serve`, which runs
+a `LocalSender`/`LocalReceiver` on the served store: pushing into (or pulling
+from) a served store maps ids in the client, and the served store's DAG in
+memory, its HTTP API and its mount see each finished node at once.
 """
 from __future__ import annotations
 
 import json
+import re
 import struct
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
-from typing import Callable
+from typing import Callable, Protocol
 
-from dvidfs.core import Dvid
+from dvidfs.core import Change, Dvid
 from dvidfs.data import keyvalue as kvmod
 from dvidfs.errors import ConflictError, InvalidInputError, NotFoundError
 from dvidfs.store import keys, versioned
 from dvidfs.store.engine import Batch
-from dvidfs.versions.model import Instance, Node, Repo
+from dvidfs.versions.model import UUID_RE, Instance, Node, Repo
 
 BATCH_KEYS = 2000            # change-index entries per batch (at most)
 BATCH_BYTES = 32 << 20       # value bytes per batch (at most, but for one oversized value)
@@ -107,21 +124,8 @@ def push(src: Dvid, dst: Dvid, nodes: list[Node] | None = None, branch: str | No
          progress: Progress | None = None, repo: str | None = None) -> PushReport:
     """Send the committed `nodes` (and their ancestors), or the tip of `branch`,
     or every committed node, from `src` to `dst` (see the module doc)."""
-    todo = select(src, nodes, branch, repo)
-    report = PushReport()
-    send: list[Node] = []
-    for n in todo:
-        if _check_present(src, dst, n):
-            report.present.append(n.uuid)
-        else:
-            send.append(n)
-    _check_repos(src, dst, send)
-    total = sum(_count_changes(src, n) for n in send)
-    if progress:
-        progress(0, total)
-    for n in send:
-        _send_node(src, dst, n, report, progress, total)
-    return report
+    return transfer(LocalSender(src), LocalReceiver(dst), [n.uuid for n in nodes] if nodes else None,
+                    branch, progress, repo)
 
 
 def pull(src: Dvid, dst: Dvid, nodes: list[Node] | None = None, branch: str | None = None,
@@ -130,217 +134,522 @@ def pull(src: Dvid, dst: Dvid, nodes: list[Node] | None = None, branch: str | No
     return push(src, dst, nodes, branch, progress, repo)
 
 
-def _check_present(src: Dvid, dst: Dvid, n: Node) -> bool:
-    d = dst.db.nodes.get(n.uuid)
+def transfer(sender: "Sender", receiver: "Receiver", refs: list[str] | None = None,
+             branch: str | None = None, progress: Progress | None = None,
+             repo: str | None = None) -> PushReport:
+    """The one implementation of a push: `sender` describes and streams the
+    source's nodes in its own ids, `receiver` is the destination; every id is
+    mapped here, on the side that runs this call (see the module doc)."""
+    plan = sender.plan(refs, branch, repo)
+    state = receiver.state()
+    report = PushReport()
+    send: list[dict] = []
+    for n in plan["nodes"]:
+        if _check_present(n, state):
+            report.present.append(n["uuid"])
+        else:
+            send.append(n)
+    _check_repos(plan, state, send)
+    counts = sender.count([n["uuid"] for n in send]) if send else []
+    total = sum(counts)
+    if progress:
+        progress(0, total)
+    for n in send:
+        if _send_node(sender, receiver, plan, state, n, report, progress, total):
+            report.repos_created.append(n["repo"])
+        report.sent.append(n["uuid"])
+        state = receiver.state()
+    return report
+
+
+def _check_present(n: dict, state: dict) -> bool:
+    d = state["nodes"].get(n["uuid"])
     if d is None:
         return False
-    if d.repo != n.repo or list(d.parents) != list(n.parents):
-        raise ConflictError(f"diverged history: node {n.uuid} has parents "
-                            f"{', '.join(d.parents) or 'none'} in the destination but "
-                            f"{', '.join(n.parents) or 'none'} in the source; refusing to overwrite")
-    if not d.locked:
-        raise ConflictError(f"diverged history: node {n.uuid} is open in the destination (it may hold "
+    if d["repo"] != n["repo"] or list(d["parents"]) != list(n["parents"]):
+        raise ConflictError(f"diverged history: node {n['uuid']} has parents "
+                            f"{', '.join(d['parents']) or 'none'} in the destination but "
+                            f"{', '.join(n['parents']) or 'none'} in the source; refusing to overwrite")
+    if not d["locked"]:
+        raise ConflictError(f"diverged history: node {n['uuid']} is open in the destination (it may hold "
                             "changes the source lacks); refusing to overwrite")
     return True
 
 
-def _check_repos(src: Dvid, dst: Dvid, send: list[Node]) -> None:
-    for root in {n.repo for n in send}:
-        r = src.db.repos[root]
-        for other in dst.db.repos.values():
-            if other.alias == r.alias and other.root != root:
-                raise ConflictError(f"the destination has a different repo named {r.alias!r} "
-                                    f"(root {other.root}, the source's is {root})")
-        d = dst.db.repos.get(root)
+def _check_repos(plan: dict, state: dict, send: list[dict]) -> None:
+    for root in {n["repo"] for n in send}:
+        r = plan["repos"][root]
+        for oroot, other in state["repos"].items():
+            if other["alias"] == r["alias"] and oroot != root:
+                raise ConflictError(f"the destination has a different repo named {r['alias']!r} "
+                                    f"(root {oroot}, the source's is {root})")
+        d = state["repos"].get(root)
         if d is None:
             continue
-        for name, inst in r.instances.items():
-            di = d.instances.get(name)
+        for name, inst in r["instances"].items():
+            di = d["instances"].get(name)
             if di is None:
                 continue
-            creator = src.db.by_version[inst.created_in].uuid
-            dcreator = dst.db.by_version.get(di.created_in)
-            if di.typename != inst.typename or dcreator is None or dcreator.uuid != creator:
-                raise ConflictError(f"diverged history: data instance {name!r} of repo {r.alias!r} "
-                                    f"differs in the destination (type {di.typename}, created in "
-                                    f"{dcreator.uuid if dcreator else '?'}; the source's: "
-                                    f"{inst.typename}, created in {creator})")
+            if di["typename"] != inst["typename"] or di["created_in"] != inst["created_in"]:
+                raise ConflictError(f"diverged history: data instance {name!r} of repo {r['alias']!r} "
+                                    f"differs in the destination (type {di['typename']}, created in "
+                                    f"{di['created_in'] or '?'}; the source's: "
+                                    f"{inst['typename']}, created in {inst['created_in']})")
 
 
-def _count_changes(src: Dvid, n: Node) -> int:
-    p = keys.change_prefix(n.version_id)
-    return sum(1 for _ in src.engine.scan(p, keys.prefix_end(p), include_value=False))
+def _ancestors(plan: dict, uuid: str) -> set[str]:
+    """The node and its ancestors (all in the plan: it is closed under parents)."""
+    by_uuid = {n["uuid"]: n for n in plan["nodes"]}
+    out, todo = set(), [uuid]
+    while todo:
+        u = todo.pop()
+        if u not in out:
+            out.add(u)
+            todo.extend(by_uuid[u]["parents"])
+    return out
 
 
-def _reserve(dst: Dvid, name: str, counter: str) -> int:
-    """A dst id for `name` (a reservation key), reserved once: counter bump and
-    reservation in one batch, so a re-run after a crash gets the same id."""
-    k = keys.meta_key("push:" + name)
-    with dst.db.lock:
-        raw = dst.engine.get(k)
-        if raw is not None:
-            return _U32.unpack(raw)[0]
-        batch = Batch()
-        new = dst.db._next_id(batch, counter)
-        batch.put(k, _U32.pack(new))
-        dst.engine.apply(batch, sync=True)
-        return new
-
-
-def _send_node(src: Dvid, dst: Dvid, n: Node, report: PushReport, progress: Progress | None,
-               total: int) -> None:
-    srepo = src.db.repos[n.repo]
-    vmap = _version_map(src, dst, n)
-    v = _reserve(dst, f"version:{n.uuid}", "version")
-    vmap[n.version_id] = v
-    created = [i for i in srepo.instances.values() if i.created_in == n.version_id]
-    imap = _instance_map(dst, n.repo)
-    for inst in created:
-        if inst.name not in imap:
-            imap[inst.name] = _reserve(dst, f"instance:{n.repo}:{inst.name}", "instance")
-    by_id = {i.id: i for i in srepo.instances.values()}
-    ids = {i.id: imap[i.name] for i in srepo.instances.values() if i.name in imap}
-
-    # the keys, in batches of plain puts (invisible in dst until the node record exists)
-    p = keys.change_prefix(n.version_id)
-    batch, count, size, seen_inst = Batch(), 0, 0, set()
-    with src.engine.snapshot() as snap:
-        for ck in snap.scan(p, keys.prefix_end(p), include_value=False):
-            _, inst_id, tk = keys.split_change_key(ck)
-            if inst_id not in ids:
-                raise ConflictError(f"node {n.uuid} writes to instance id {inst_id} that its repo "
-                                    "does not name; the source store is inconsistent")
-            di = ids[inst_id]
-            seen_inst.add(inst_id)
-            before = report.bytes
-            batch.put(keys.change_key(v, di, tk), b"")
-            for tomb in (False, True):
-                val = snap.get(keys.data_key(inst_id, tk, n.version_id, tomb))
-                if val is None:
-                    continue
-                if not tomb and by_id[inst_id].typename == kvmod.KeyValue.typename:
-                    val = _keyvalue_head(snap, batch, report, inst_id, di, n.version_id, val, vmap)
-                batch.put(keys.data_key(di, tk, v, tomb), val)
-                report.bytes += len(val)
-                report.keys += 1
-            count += 1
-            size += report.bytes - before
-            if count >= BATCH_KEYS or len(batch) >= 4 * BATCH_KEYS or size >= BATCH_BYTES:
-                dst.engine.apply(batch)
-                if progress:
-                    progress(count, total)
-                batch, count, size = Batch(), 0, 0
-        # the last batch: the remaining keys, then the records that make the node exist
-        for inst_id in seen_inst:
-            if snap.get(keys.tombstoned_key(inst_id, n.version_id)) is not None:
-                batch.put(keys.tombstoned_key(ids[inst_id], v), b"")
-        if batch:
-            dst.engine.apply(batch)
-            batch = Batch()
-        if progress and count:
-            progress(count, total)
-        with dst.db.lock:
-            _finish(src, dst, n, v, srepo, created, imap, batch, report)
-
-
-def _keyvalue_head(snap, batch: Batch, report: PushReport, inst_id: int, di: int, version: int,
-                   head: bytes, vmap: dict[int, int]) -> bytes:
-    """A keyvalue head with its manifest's blob version mapped; a blob owned
-    by this version is sent with it (its chunks are not in the change index)."""
-    m = kvmod._Manifest.parse(head)
-    if m is None:
-        return head
-    if m.version not in vmap:
-        raise ConflictError(f"a large value refers to version {m.version}, which is not an ancestor "
-                            "being pushed; the source store is inconsistent")
-    if m.version == version:
-        for i in range(m.nchunks):
-            chunk = snap.get(m.chunk_key(inst_id, i))
-            if chunk is None:
-                continue
-            dm = kvmod._Manifest(m.size, m.chunk, vmap[version], m.blob)
-            batch.put(dm.chunk_key(di, i), chunk)
-            report.bytes += len(chunk)
-            report.keys += 1
-    return kvmod._Manifest(m.size, m.chunk, vmap[m.version], m.blob).encode()
-
-
-def _version_map(src: Dvid, dst: Dvid, n: Node) -> dict[int, int]:
-    """src version id -> dst version id for the node's ancestors (all in dst by now)."""
-    out = {}
-    for a in src.db.ancestors(n.version_id):
-        if a == n.version_id:
-            continue
-        d = dst.db.nodes.get(src.db.by_version[a].uuid)
+def _send_node(sender: "Sender", receiver: "Receiver", plan: dict, state: dict, n: dict,
+               report: PushReport, progress: Progress | None, total: int) -> bool:
+    """Reserve ids, send the node's keys mapped into the destination's ids, finish it.
+    True when this created the repo in the destination."""
+    uuid, root = n["uuid"], n["repo"]
+    srepo = plan["repos"][root]
+    src_version = {m["uuid"]: m["version_id"] for m in plan["nodes"]}
+    vmap: dict[int, int] = {}
+    for a in _ancestors(plan, uuid) - {uuid}:
+        d = state["nodes"].get(a)
         if d is None:
-            raise NotFoundError(f"ancestor {src.db.by_version[a].uuid} of {n.uuid} is not in the "
-                                "destination")
-        out[a] = d.version_id
+            raise NotFoundError(f"ancestor {a} of {uuid} is not in the destination")
+        vmap[src_version[a]] = d["version_id"]
+    dstate = state["repos"].get(root)
+    imap = {name: i["id"] for name, i in (dstate["instances"].items() if dstate else ())}
+    for name, i in state["reserved"].get(root, {}).items():
+        imap.setdefault(name, i)
+    created = [name for name, i in srepo["instances"].items() if i["created_in"] == uuid]
+    want = [name for name in created if name not in imap]
+    got = receiver.reserve([(f"version:{uuid}", "version")] +
+                           [(f"instance:{root}:{name}", "instance") for name in want])
+    v = got[0]
+    vmap[n["version_id"]] = v
+    imap.update(zip(want, got[1:]))
+    ids = {i["id"]: imap[name] for name, i in srepo["instances"].items() if name in imap}
+    kv = {i["id"] for i in srepo["instances"].values() if i["typename"] == kvmod.KeyValue.typename}
+
+    # one put in flight while the next page is read and mapped (over HTTP the
+    # two sides then work at once); progress is told once a put is applied
+    with ThreadPoolExecutor(1, thread_name_prefix="dvidfs-push") as pool:
+        after: bytes | None = b""
+        pending = None
+        while after is not None:
+            pairs, after, changes = sender.page(uuid, after or None, BATCH_KEYS, BATCH_BYTES)
+            out = _map_records(pairs, uuid, n["version_id"], vmap, ids, kv, report)
+            if pending is not None:
+                _applied(pending, progress, total)
+            pending = (pool.submit(receiver.put, out) if out else None, changes)
+        if pending is not None:
+            _applied(pending, progress, total)
+
+    maxlabel = {}
+    for name, i in srepo["instances"].items():
+        s = plan["maxlabel"].get(str(i["id"]))
+        if i["typename"] == "labels" and name in imap and s is not None:
+            maxlabel[str(imap[name])] = s
+    spec = {"node": n, "version": v, "repo": {k: srepo[k] for k in _REPO_FIELDS},
+            "created": [{"name": name, "id": imap[name], "typename": srepo["instances"][name]["typename"],
+                         "config": srepo["instances"][name]["config"]} for name in created],
+            "counters": dict(plan["counters"]), "maxlabel": maxlabel}
+    return bool(receiver.finish(spec).get("repo_created"))
+
+
+def _applied(pending: tuple, progress: Progress | None, total: int) -> None:
+    future, changes = pending
+    if future is not None:
+        future.result()
+    if progress and changes:
+        progress(changes, total)
+
+
+def _map_records(pairs: list[tuple[bytes, bytes]], uuid: str, sv: int, vmap: dict[int, int],
+                 ids: dict[int, int], kv: set[int], report: PushReport) -> list[tuple[bytes, bytes]]:
+    """Source records of node `uuid` (version `sv`) -> the same records in the
+    destination's ids, rewritten field by field on the bytes (hot: every key).
+    A keyvalue head (a data key of the change entry just before it) has its
+    manifest's blob version mapped; other data keys of a keyvalue instance
+    there are the blob's chunks, copied as they are."""
+    S = keys.SUFFIX_LEN
+    sv_b, v_b = _U32.pack(sv), _U32.pack(vmap[sv])
+    ids_b = {_U32.pack(s): _U32.pack(d) for s, d in ids.items()}
+    kv_b = {_U32.pack(i) for i in kv}
+    suffix = {keys.MARK_DATA: keys.data_suffix(vmap[sv]), keys.MARK_TOMBSTONE: keys.data_suffix(vmap[sv], True)}
+    client = _U32.pack(keys.CLIENT_ID)
+    out = []
+    append = out.append
+    current = None          # instance | TKey of the last change-index entry
+    nkeys = nbytes = 0
+    try:
+        for k, val in pairs:
+            kind = k[0] if k else 0
+            if kind == 3 and len(k) >= 10:                                  # 0x03 | version | instance | TKey
+                if k[1:5] != sv_b or val:
+                    raise InvalidInputError("a change-index key of another version")
+                current = k[5:]
+                append((b"\x03" + v_b + ids_b[k[5:9]] + k[9:], b""))
+            elif kind == 1 and len(k) >= 6 + S:                             # 0x01 | instance | TKey | suffix
+                mark = k[-1]
+                if k[-S:-5] != sv_b or k[-5:-1] != client or mark not in suffix:
+                    raise InvalidInputError("a data key of another version")
+                inst = k[1:5]
+                if mark == keys.MARK_DATA and inst in kv_b and k[1:-S] == current:
+                    m = kvmod._Manifest.parse(val)
+                    if m is not None:
+                        if m.version not in vmap:
+                            raise ConflictError(f"a large value refers to version {m.version}, which is "
+                                                "not an ancestor being pushed; the source store is "
+                                                "inconsistent")
+                        val = kvmod._Manifest(m.size, m.chunk, vmap[m.version], m.blob).encode()
+                append((b"\x01" + ids_b[inst] + k[5:-S] + suffix[mark], val))
+                nkeys += 1
+                nbytes += len(val)
+            elif kind == 4 and len(k) == 9:                                 # 0x04 | instance | version
+                if k[5:9] != sv_b or val:
+                    raise InvalidInputError("a tombstone mark of another version")
+                append((b"\x04" + ids_b[k[1:5]] + v_b, b""))
+            else:
+                raise InvalidInputError(f"not a data, change or tombstone key: {k[:16].hex()}")
+    except KeyError as exc:
+        raise ConflictError(f"node {uuid} writes to instance id {_U32.unpack(exc.args[0])[0]} that its "
+                            "repo does not name; the source store is inconsistent") from None
+    except InvalidInputError as exc:
+        raise ConflictError(f"node {uuid}: the source sent {exc}; the source store is inconsistent") from None
+    report.keys += nkeys
+    report.bytes += nbytes
     return out
 
 
-def _instance_map(dst: Dvid, root: str) -> dict[str, int]:
-    """Instance name -> dst instance id: dst's instances, and reservations of an unfinished push."""
-    out: dict[str, int] = {}
-    r = dst.db.repos.get(root)
-    if r is not None:
-        out.update({name: i.id for name, i in r.instances.items()})
-    p = keys.meta_key(f"push:instance:{root}:")
-    for k, raw in dst.engine.scan(p, keys.prefix_end(p)):
-        out.setdefault(k[len(p):].decode(), _U32.unpack(raw)[0])
-    return out
+# ---------------------------------------------------------------- the sender
+_REPO_FIELDS = ("root", "alias", "description", "log", "created", "updated")
 
 
-def _finish(src: Dvid, dst: Dvid, n: Node, v: int, srepo: Repo, created: list[Instance],
-            imap: dict[str, int], batch: Batch, report: PushReport) -> None:
-    """One batch that makes the node exist in dst (under dst.db.lock)."""
-    db = dst.db
-    drepo = db.repos.get(n.repo)
-    new_repo = drepo is None
-    if new_repo:
-        drepo = Repo(root=srepo.root, alias=srepo.alias, description=srepo.description,
-                     log=list(srepo.log), created=srepo.created, updated=srepo.updated)
-    staged_repo = None
-    if created:
-        insts = dict(drepo.instances)
-        for i in created:
-            insts[i.name] = Instance(name=i.name, id=imap[i.name], typename=i.typename,
-                                     created_in=v, config=json.loads(json.dumps(i.config)))
-        staged_repo = replace(drepo, instances=insts)
-        db._save(batch, staged_repo)
-    elif new_repo:
-        db._save(batch, drepo)
-    node = Node(**{**json.loads(json.dumps(n.to_json())), "version_id": v, "children": []})
-    parents = [db.nodes[p] for p in n.parents]
-    staged_parents = [replace(p, children=[*p.children, n.uuid]) for p in parents]
-    for p in staged_parents:
-        db._save(batch, p)
-    db._save(batch, node)
-    # repo-wide counters values may depend on: never lower dst's
-    for counter in ("mutation",):
-        s, d = src.db.last_id(counter), db.last_id(counter)
-        if s > d:
-            batch.put(keys.meta_key("counter:" + counter), _U32.pack(s))
-    for i in srepo.instances.values():
-        if i.typename == "labels" and i.name in imap:
-            sraw = src.engine.get(keys.meta_key(f"maxlabel:{i.id}"))
-            draw = dst.engine.get(keys.meta_key(f"maxlabel:{imap[i.name]}"))
-            if sraw and (not draw or _Q.unpack(sraw)[0] > _Q.unpack(draw)[0]):
-                batch.put(keys.meta_key(f"maxlabel:{imap[i.name]}"), sraw)
-    batch.delete(keys.meta_key(f"push:version:{n.uuid}"))
-    for i in created:
-        batch.delete(keys.meta_key(f"push:instance:{n.repo}:{i.name}"))
-    db.engine.apply(batch, sync=True)
-    # memory follows the store
-    if new_repo:
-        db.repos[drepo.root] = drepo
-        report.repos_created.append(drepo.root)
-    if staged_repo is not None:
-        from dvidfs.versions.dag import _adopt
-        _adopt(db.repos[drepo.root], staged_repo)
-    db._link(node, parents, staged_parents)
-    report.sent.append(n.uuid)
-    dst._node_changed(node)
+class Sender(Protocol):
+    """The source side of a transfer, in the source's own ids."""
+
+    def plan(self, refs: list[str] | None, branch: str | None, repo: str | None) -> dict: ...
+    def count(self, uuids: list[str]) -> list[int]: ...
+    def page(self, uuid: str, after: bytes | None, max_keys: int,
+             max_bytes: int) -> tuple[list[tuple[bytes, bytes]], bytes | None, int]: ...
+
+
+class LocalSender:
+    """A `Dvid` as the source (also what `dvidfs serve` runs for a pull)."""
+
+    def __init__(self, dvid: Dvid):
+        self.dvid = dvid
+
+    def plan(self, refs: list[str] | None = None, branch: str | None = None,
+             repo: str | None = None) -> dict:
+        """The nodes to send (`select`, oldest first) as JSON records, their
+        repos and instances (creating node by UUID), and the counters a value
+        may depend on (mutation ids, each labels instance's max label)."""
+        s = self.dvid
+        nodes = select(s, [s.node(r) for r in refs] if refs else None, branch, repo)
+        repos, maxlabel = {}, {}
+        for root in dict.fromkeys(n.repo for n in nodes):
+            r = s.db.repos[root]
+            d = {k: v for k, v in r.to_json().items() if k in _REPO_FIELDS}
+            d["instances"] = {}
+            for name, i in r.instances.items():
+                creator = s.db.by_version.get(i.created_in)
+                d["instances"][name] = {"id": i.id, "typename": i.typename, "config": i.config,
+                                        "created_in": creator.uuid if creator else None}
+                raw = s.engine.get(keys.meta_key(f"maxlabel:{i.id}")) if i.typename == "labels" else None
+                if raw:
+                    maxlabel[str(i.id)] = _Q.unpack(raw)[0]
+            repos[root] = d
+        return json.loads(json.dumps({"nodes": [n.to_json() for n in nodes], "repos": repos,
+                                      "counters": {"mutation": s.db.last_id("mutation")},
+                                      "maxlabel": maxlabel}))
+
+    def count(self, uuids: list[str]) -> list[int]:
+        out = []
+        for u in uuids:
+            p = keys.change_prefix(self._node(u).version_id)
+            out.append(sum(1 for _ in self.dvid.engine.scan(p, keys.prefix_end(p), include_value=False)))
+        return out
+
+    def page(self, uuid: str, after: bytes | None, max_keys: int = BATCH_KEYS,
+             max_bytes: int = BATCH_BYTES) -> tuple[list[tuple[bytes, bytes]], bytes | None, int]:
+        """The node's records after change key `after` (None: from the start):
+        each change-index entry, then its data value and tombstone, then the
+        chunks of a large value this version owns; up to `max_keys` entries or
+        `max_bytes` value bytes.  Returns (records, the change key to continue
+        after or None when this was the last page, change entries in the page).
+        The last page ends with the version's "has tombstones" marks."""
+        s, n = self.dvid, self._node(uuid)
+        srepo = s.db.repos[n.repo]
+        by_id = {i.id: i for i in srepo.instances.values()}
+        p = keys.change_prefix(n.version_id)
+        if after is not None and not after.startswith(p):
+            raise InvalidInputError(f"continuation key {after[:16].hex()} is not one of node {uuid}")
+        out: list[tuple[bytes, bytes]] = []
+        count = size = 0
+        with s.engine.snapshot() as snap:
+            for ck in snap.scan(p if after is None else after + b"\x00", keys.prefix_end(p),
+                                include_value=False):
+                _, inst_id, tk = keys.split_change_key(ck)
+                out.append((ck, b""))
+                count += 1
+                for tomb in (False, True):
+                    dk = keys.data_key(inst_id, tk, n.version_id, tomb)
+                    val = snap.get(dk)
+                    if val is None:
+                        continue
+                    out.append((dk, val))
+                    size += len(val)
+                    inst = by_id.get(inst_id)
+                    if not tomb and inst is not None and inst.typename == kvmod.KeyValue.typename:
+                        size += _own_chunks(snap, out, inst_id, n.version_id, val)
+                if count >= max_keys or len(out) >= 4 * max_keys or size >= max_bytes:
+                    return out, ck, count
+            mine = s.db.ancestors(n.version_id)
+            for i in srepo.instances.values():
+                tk = keys.tombstoned_key(i.id, n.version_id)
+                if i.created_in in mine and snap.get(tk) is not None:
+                    out.append((tk, b""))
+        return out, None, count
+
+    def _node(self, uuid: str) -> Node:
+        n = self.dvid.db.nodes.get(uuid) if isinstance(uuid, str) else None
+        if n is None:
+            raise NotFoundError(f"no node {uuid!r} in the source")
+        if not n.locked:
+            raise InvalidInputError(f"node {uuid} is open: only committed nodes travel")
+        return n
+
+
+def _own_chunks(snap, out: list, inst_id: int, version: int, head: bytes) -> int:
+    """The chunks of a large value whose blob `version` owns (not in the change index)."""
+    m = kvmod._Manifest.parse(head)
+    if m is None or m.version != version:
+        return 0
+    size = 0
+    for i in range(m.nchunks):
+        k = m.chunk_key(inst_id, i)
+        chunk = snap.get(k)
+        if chunk is not None:
+            out.append((k, chunk))
+            size += len(chunk)
+    return size
+
+
+# ---------------------------------------------------------------- the receiver
+class Receiver(Protocol):
+    """The destination side of a transfer, in the destination's own ids."""
+
+    def state(self) -> dict: ...
+    def reserve(self, names: list[tuple[str, str]]) -> list[int]: ...
+    def put(self, pairs: list[tuple[bytes, bytes]]) -> int: ...
+    def finish(self, spec: dict) -> dict: ...
+
+
+_RESERVATION = re.compile(r"\A(version:[0-9a-f]{32}|instance:[0-9a-f]{32}:[A-Za-z0-9][A-Za-z0-9_.+-]{0,127})\Z")
+
+
+class LocalReceiver:
+    """A `Dvid` as the destination (also what `dvidfs serve` runs for a push).
+    It trusts nothing it is sent: keys go only to versions reserved and not yet
+    finished, and a node is finished only under its reserved id."""
+
+    def __init__(self, dvid: Dvid):
+        self.dvid = dvid
+
+    def state(self) -> dict:
+        """Its nodes, repos (instances with their ids and creating node) and the
+        instance ids reserved by unfinished pushes."""
+        db = self.dvid.db
+        with db.lock:
+            nodes = {u: {"version_id": n.version_id, "repo": n.repo, "parents": list(n.parents),
+                         "locked": n.locked} for u, n in db.nodes.items()}
+            repos = {}
+            for root, r in db.repos.items():
+                insts = {}
+                for name, i in r.instances.items():
+                    creator = db.by_version.get(i.created_in)
+                    insts[name] = {"id": i.id, "typename": i.typename,
+                                   "created_in": creator.uuid if creator else None}
+                repos[root] = {"alias": r.alias, "instances": insts}
+        reserved: dict[str, dict[str, int]] = {}
+        for name, i in self._reservations("instance:").items():
+            root, _, inst = name.partition(":")
+            reserved.setdefault(root, {})[inst] = i
+        return {"nodes": nodes, "repos": repos, "reserved": reserved}
+
+    def _reservations(self, kind: str) -> dict[str, int]:
+        p = keys.meta_key("push:" + kind)
+        return {k[len(p):].decode(): _U32.unpack(raw)[0]
+                for k, raw in self.dvid.engine.scan(p, keys.prefix_end(p))}
+
+    def reserve(self, names: list[tuple[str, str]]) -> list[int]:
+        """A destination id for each (reservation name, counter), reserved once:
+        counter bumps and reservations in one batch, so a re-run after a crash
+        gets the same ids."""
+        for name, counter in names:
+            if not isinstance(name, str) or not _RESERVATION.match(name) or \
+                    counter != name.partition(":")[0]:
+                raise InvalidInputError(f"not a reservation: {name!r} of counter {counter!r}")
+        dst = self.dvid
+        out: list[int] = []
+        with dst.db.lock:
+            batch, last, mine = Batch(), {}, {}
+            for name, counter in names:
+                k = keys.meta_key("push:" + name)
+                raw = dst.engine.get(k)
+                if raw is not None:
+                    out.append(_U32.unpack(raw)[0])
+                elif name in mine:
+                    out.append(mine[name])
+                else:
+                    new = last.get(counter, dst.db.last_id(counter)) + 1
+                    last[counter] = mine[name] = new
+                    batch.put(keys.meta_key("counter:" + counter), _U32.pack(new))
+                    batch.put(k, _U32.pack(new))
+                    out.append(new)
+            if batch:
+                dst.engine.apply(batch, sync=True)
+        return out
+
+    def put(self, pairs: list[tuple[bytes, bytes]]) -> int:
+        """Write data, change-index and tombstone-mark keys of reserved versions
+        (plain puts: invisible until the node is finished).  All or nothing:
+        every key is checked before any is written."""
+        db = self.dvid.db
+        with db.lock:
+            versions = {_U32.pack(v) for v in self._reservations("version:").values() if v not in db.by_version}
+            inst_ids = {_U32.pack(i.id) for r in db.repos.values() for i in r.instances.values()}
+        inst_ids |= {_U32.pack(i) for i in self._reservations("instance:").values()}
+        S = keys.SUFFIX_LEN
+        marks = (keys.MARK_DATA, keys.MARK_TOMBSTONE)
+        client = _U32.pack(keys.CLIENT_ID)
+        batch = Batch()
+        for k, val in pairs:
+            kind = k[0] if k else 0
+            if kind == 1 and len(k) >= 6 + S:                   # 0x01 | instance | TKey | version | client | mark
+                inst, ver, ok = k[1:5], k[-S:-5], k[-5:-1] == client and k[-1] in marks
+            elif kind == 3 and len(k) >= 10:                    # 0x03 | version | instance | TKey
+                inst, ver, ok = k[5:9], k[1:5], not val
+            elif kind == 4 and len(k) == 9:                     # 0x04 | instance | version
+                inst, ver, ok = k[1:5], k[5:9], not val
+            else:
+                raise InvalidInputError(f"key {k[:16].hex()} is not a data, change-index or tombstone key")
+            if not ok:
+                raise InvalidInputError(f"key {k[:16].hex()} is malformed")
+            if ver not in versions:
+                raise InvalidInputError(f"key {k[:16].hex()} writes version {_U32.unpack(ver)[0]}, which is "
+                                        "not reserved by an unfinished push")
+            if inst not in inst_ids:
+                raise InvalidInputError(f"key {k[:16].hex()} writes instance id {_U32.unpack(inst)[0]}, "
+                                        "which is neither a data instance nor reserved")
+            batch.put(k, val)
+        if batch:
+            self.dvid.engine.apply(batch)
+        return len(batch)
+
+    def finish(self, spec: dict) -> dict:
+        """One batch that makes the node exist: its record, its parents' new
+        `children`, the repo (when new) and the instances it created, the raised
+        counters, and the reservations removed.  Then memory follows and the
+        change is published (to the mount of a served store)."""
+        try:
+            return self._finish(spec)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise InvalidInputError(f"malformed finish request: {exc!r}") from None
+
+    def _finish(self, spec: dict) -> dict:
+        dst = self.dvid
+        db = dst.db
+        nj, v, rj = spec["node"], int(spec["version"]), spec["repo"]
+        uuid = nj["uuid"]
+        if not isinstance(uuid, str) or not UUID_RE.match(uuid) or rj["root"] != nj["repo"]:
+            raise InvalidInputError("malformed finish request: node UUID or repo")
+        if nj.get("locked") is not True:
+            raise InvalidInputError(f"node {uuid} is open: only committed nodes travel")
+        strings = lambda x: isinstance(x, list) and all(isinstance(y, str) for y in x)
+        if not (isinstance(nj.get("branch"), str) and isinstance(nj.get("note"), str)
+                and strings(nj.get("log")) and strings(nj.get("parents")) and strings(rj.get("log"))
+                and all(isinstance(nj.get(t), (int, float)) for t in ("created", "updated"))):
+            raise InvalidInputError(f"malformed finish request: fields of node {uuid}")
+        with db.lock:
+            if uuid in db.nodes:
+                raise ConflictError(f"node {uuid} already exists in the destination")
+            if self._reservations(f"version:{uuid}").get("") != v:
+                raise InvalidInputError(f"version id {v} is not the one reserved for node {uuid}")
+            drepo = db.repos.get(rj["root"])
+            new_repo = drepo is None
+            if new_repo:
+                if nj["parents"]:
+                    raise NotFoundError(f"repo {rj['root']} of node {uuid} is not in the destination")
+                if any(r.alias == rj["alias"] for r in db.repos.values()):
+                    raise ConflictError(f"the destination has a different repo named {rj['alias']!r}")
+                drepo = Repo(root=rj["root"], alias=str(rj["alias"]), description=str(rj["description"]),
+                             log=[str(x) for x in rj["log"]], created=float(rj["created"]),
+                             updated=float(rj["updated"]))
+            parents = []
+            for p in nj["parents"]:
+                pn = db.nodes.get(p)
+                if pn is None or pn.repo != drepo.root:
+                    raise NotFoundError(f"parent {p} of node {uuid} is not in the destination")
+                parents.append(pn)
+            batch = Batch()
+            staged_repo = None
+            created = spec["created"]
+            if created:
+                reserved = self._reservations(f"instance:{drepo.root}:")
+                insts = dict(drepo.instances)
+                for c in created:
+                    name, iid = c["name"], int(c["id"])
+                    if name in insts or reserved.get(name) != iid or c["typename"] not in dst.types.names():
+                        raise InvalidInputError(f"data instance {name!r} (id {iid}) was not reserved, "
+                                                "exists already, or has an unknown type")
+                    insts[name] = Instance(name=name, id=iid, typename=c["typename"], created_in=v,
+                                           config=json.loads(json.dumps(c["config"])))
+                staged_repo = replace(drepo, instances=insts)
+                db._save(batch, staged_repo)
+            elif new_repo:
+                db._save(batch, drepo)
+            node = Node(**{**json.loads(json.dumps(nj)), "version_id": v, "children": []})
+            staged_parents = [replace(p, children=[*p.children, uuid]) for p in parents]
+            for p in staged_parents:
+                db._save(batch, p)
+            db._save(batch, node)
+            # repo-wide counters values may depend on: never lower dst's
+            s = int(spec["counters"].get("mutation", 0))
+            if s > db.last_id("mutation"):
+                batch.put(keys.meta_key("counter:mutation"), _U32.pack(s))
+            known = {i.id for i in (staged_repo or drepo).instances.values() if i.typename == "labels"}
+            for iid, value in spec["maxlabel"].items():
+                if int(iid) not in known:
+                    continue
+                draw = dst.engine.get(keys.meta_key(f"maxlabel:{int(iid)}"))
+                if not draw or _Q.unpack(draw)[0] < int(value):
+                    batch.put(keys.meta_key(f"maxlabel:{int(iid)}"), _Q.pack(int(value)))
+            batch.delete(keys.meta_key(f"push:version:{uuid}"))
+            for c in created:
+                batch.delete(keys.meta_key(f"push:instance:{drepo.root}:{c['name']}"))
+            db.engine.apply(batch, sync=True)
+            # memory follows the store
+            if new_repo:
+                db.repos[drepo.root] = drepo
+            if staged_repo is not None:
+                from dvidfs.versions.dag import _adopt
+                _adopt(db.repos[drepo.root], staged_repo)
+            db._link(node, parents, staged_parents)
+        # told after the lock is released (subscribers may read the store)
+        if new_repo:
+            dst._publish(Change(drepo.root))
+        dst._node_changed(node)
+        for p in parents:
+            dst._node_changed(p)
+        return {"node": uuid, "version": v, "repo_created": new_repo}
 
 
 # ---------------------------------------------------------------- diff

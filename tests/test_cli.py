@@ -210,3 +210,17 @@ def test_small_frictions(st, tmp_path):
     (tmp_path / "deep").mkdir()
     (tmp_path / "deep.png").rename(tmp_path / "deep" / "z0.png")
     one_line_error(dv("import", "em", "gray", tmp_path / "deep", store=p, check=False), "8-bit")
+
+
+def test_repo_log_read_and_append(st):
+    """DVID's repo-level log (GET/POST /api/repo/<uuid>/log) from the command line;
+    it is the repo's, not any node's."""
+    p, root = st
+    assert dv("repo", "log", "em", store=p).stdout == ""
+    dv("repo", "log", "em", "--append", "imported stack 1", "--append", "checked", store=p)
+    dv("repo", "log", root[:6], "--append", "by prefix", store=p)
+    assert dv("repo", "log", "em", store=p).stdout.splitlines() == ["imported stack 1", "checked", "by prefix"]
+    with Dvid(p) as s:
+        assert s.repo("em").log == ["imported stack 1", "checked", "by prefix"]
+        assert s.node("em").log == []
+    one_line_error(dv("repo", "log", "nosuch", store=p, check=False), "no repo named 'nosuch'")

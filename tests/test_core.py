@@ -53,7 +53,7 @@ def test_registry_refuses_duplicates_and_clashing_merge_rules():
     with pytest.raises(ExistsError, match="key class 2"):
         reg.register(Clash)
     assert "clash" not in reg.names()
-    with pytest.raises(InvalidInputError, match="known: grayscale, "):
+    with pytest.raises(InvalidInputError, match="known: annotation, grayscale, "):
         reg.get("nosuchtype")
 
 

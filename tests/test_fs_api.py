@@ -47,7 +47,7 @@ LSHAPE = (12, 10, 14)
 BIG = 2**40 + 3             # a label id above 2**32
 PLANE_AXIS = {"xy": 2, "xz": 1, "yz": 0}   # the fixed axis (x=0, y=1, z=2)
 LABEL_INSTANCE_FILES = ["info.json", "labels", "merge", "mutations.jsonl", "precomputed",
-                        "xy", "xy-rgb", "xz", "xz-rgb", "yz", "yz-rgb"]
+                        "xy", "xy-fiji", "xy-rgb", "xz", "xz-fiji", "xz-rgb", "yz", "yz-fiji", "yz-rgb"]
 BODY_FILES = ["bbox.json", "blocks.json", "size", "sparsevol", "sparsevol-coarse", "split", "supervoxels"]
 
 
@@ -239,7 +239,8 @@ def test_listings_in_coordinate_order(any_core):
     node = t.lookup(repo, w.node.uuid)
     assert names(t, node) == [".dvid", "gray"]
     assert names(t, t.lookup(node, ".dvid")) == sorted(
-        ["commit", "branch", "merge", "newdata", "note", "log", "info.json", "last-error"])
+        ["commit", "branch", "merge", "resolve", "conflicts", "tag", "newdata", "note", "log", "info.json",
+         "last-error"])
     inst = t.lookup(node, "gray")
     assert names(t, inst) == ["info.json", "precomputed", "xy", "xz", "yz"]
     info = json.loads(t.read(t.lookup(inst, "info.json")))

@@ -85,9 +85,11 @@ ALLOWED = frozenset({errno.ENOENT, errno.EINVAL, errno.EROFS, errno.EACCES, errn
                      errno.EBADF, errno.ENOTEMPTY})
 
 CONTROL = ("commit", "branch", "merge", "newdata", "note", "log", "info.json", "last-error")
+# listed in .dvid too, not fuzzed (tests/test_tags.py, tests/test_resolve.py): the model has no tags or resolve
+CONTROL_LISTED = CONTROL + ("resolve", "conflicts", "tag")
 BODY_FILES = ("bbox.json", "blocks.json", "size", "sparsevol", "sparsevol-coarse", "split", "supervoxels")
 GRAY_PLANES = ("xy", "xz", "yz")
-SEG_PLANES = ("xy", "xz", "yz", "xy-rgb", "xz-rgb", "yz-rgb")
+SEG_PLANES = ("xy", "xz", "yz", "xy-rgb", "xz-rgb", "yz-rgb", "xy-fiji", "xz-fiji", "yz-fiji")
 FUSE_NAME_MAX = 1024          # the kernel refuses longer names (ENAMETOOLONG) before asking the mount
 MAX_COMMAND = 1 << 20
 LIMIT_SURE = 1 << 20          # an upload of at most this many bytes is never EFBIG (slice limits are larger)
@@ -515,7 +517,7 @@ class Model:
             t = self.visible(n).get(name)
             return ("inst", n, name, t) if t else None
         if kind == "ctrl":
-            return ("cfile", ent[1], name) if name in CONTROL else None
+            return ("cfile", ent[1], name) if name in CONTROL_LISTED else None
         if kind == "inst":
             _, n, inst, t = ent
             planes = GRAY_PLANES if t == "grayscale" else SEG_PLANES
@@ -1105,7 +1107,7 @@ class Fuzzer:
         elif k == "node":
             names = [".dvid", *m.visible(ent[1])]
         elif k == "ctrl":
-            names = list(CONTROL)
+            names = list(CONTROL_LISTED)
         elif k == "inst":
             names = ["info.json", "precomputed", *(GRAY_PLANES if ent[3] == "grayscale" else
                                                    SEG_PLANES + ("labels", "merge", "mutations.jsonl"))]
@@ -1508,7 +1510,7 @@ class Fuzzer:
         got = {k: info[k] for k in want}
         assert got == want, f"node {n.uuid}: {got} != model {want}"
         assert sorted(os.listdir(path)) == sorted(self.listing(("node", n))), f"instances of {n.uuid}"
-        assert sorted(os.listdir(path + b"/.dvid")) == sorted(x.encode() for x in CONTROL)
+        assert sorted(os.listdir(path + b"/.dvid")) == sorted(x.encode() for x in CONTROL_LISTED)
         for f in ("note", "log"):
             self.check_content(("cfile", n, f), self._read_all(path + b"/.dvid/" + f.encode()), path)
         size = os.stat(path + b"/.dvid/last-error").st_size

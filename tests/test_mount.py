@@ -15,6 +15,7 @@ import threading
 import numpy as np
 import pytest
 from PIL import Image
+import tifffile
 
 from dvidfs.core import Dvid
 from dvidfs.formats.images import encode_png_stored
@@ -316,8 +317,8 @@ def test_mkdir_repo_and_instance(rw_mount, tmp_path):
     # a labels instance through the control file; a bad type is refused with a message
     assert run("sh", "-c", f"echo 'labels seg 16' > {mnt}/newrepo/{root}/.dvid/newdata").returncode == 0
     assert sorted(os.listdir(mnt / f"newrepo/{root}/seg")) == [
-        "info.json", "labels", "merge", "mutations.jsonl", "precomputed", "xy", "xy-rgb", "xz", "xz-rgb", "yz",
-        "yz-rgb"]
+        "info.json", "labels", "merge", "mutations.jsonl", "precomputed", "xy", "xy-fiji", "xy-rgb", "xz",
+        "xz-fiji", "xz-rgb", "yz", "yz-fiji", "yz-rgb"]
     assert json.loads((mnt / f"newrepo/{root}/seg/info.json").read_text())["Extended"]["BlockSize"] == [16] * 3
     assert run("sh", "-c", f"echo 'voxels v' > {mnt}/newrepo/{root}/.dvid/newdata").returncode != 0
     assert "unknown data type" in (mnt / f"newrepo/{root}/.dvid/last-error").read_text()
@@ -395,3 +396,74 @@ def test_background_mount_passes_its_tuning_flags(tmp_path):
         if is_mounted(mnt):
             subprocess.run(["fusermount3", "-u", "-z", str(mnt)], capture_output=True)
     assert not is_mounted(mnt)
+
+
+# ------------------------------------------------------------------ label views for ImageJ/Fiji and Pillow
+LSHAPE = (9, 14, 17)   # z, y, x
+LOFFSET = (2, -3, 1)   # x, y, z
+
+
+def _small_ids():
+    """Ids ImageJ's 32-bit float holds exactly, beyond 16 bits, 2**24 itself, and 0."""
+    z, y, x = np.indices(LSHAPE)
+    lab = (1 + x + 17 * y + 300 * z).astype(np.uint64)
+    lab[:, :4] = 2**24
+    lab[:, 4:6] = 70001
+    lab[2, 3:9, 5:11] = 0
+    return lab
+
+
+def _labels_store(path, lab, commit=True):
+    with Dvid.init(path) as s:
+        root = s.node(s.new_repo("seg").root)
+        s.new_instance(root, "bodies", "labels", block_size=16).write(root, LOFFSET, lab)
+        if commit:
+            s.commit(root, "labels")
+        return root.uuid
+
+
+def test_label_views_read_by_pillow_exactly(tmp_path):
+    """`xy-fiji/` (32-bit float TIFF) holds the ids themselves, `xy-rgb/` their
+    colours; Pillow reads both (it cannot read `xy/`'s uint64)."""
+    from dvidfs.formats.images import label_colors, label_float_tiff_size
+    lab = _small_ids()
+    _labels_store(tmp_path / "store", lab)
+    with mounted(tmp_path / "store", tmp_path / "mnt"):
+        d = tmp_path / "mnt/seg/master/bodies"
+        assert {"xy", "xy-fiji", "xy-rgb", "xz-fiji", "yz-fiji"} <= set(os.listdir(d))
+        ox, oy, oz = LOFFSET
+        for plane, coord, expect in (("xy", oz + 2, lab[2]), ("xz", oy + 5, lab[:, 5, :]),
+                                     ("yz", ox + 16, lab[:, :, 16])):
+            p = d / f"{plane}-fiji/{coord:05d}.tif"
+            assert os.stat(p).st_size == label_float_tiff_size(expect.shape[1], expect.shape[0])
+            with Image.open(p) as im:
+                assert im.mode == "F"
+                got = np.asarray(im)
+            np.testing.assert_array_equal(got.astype(np.uint64), expect)
+            assert (got == expect.astype(np.float64)).all()   # exact, not rounded
+            with Image.open(d / f"{plane}-rgb/{coord:05d}.png") as im:
+                assert im.mode == "RGB"
+                np.testing.assert_array_equal(np.asarray(im), label_colors(expect))
+        # the view is read-only: slices go to xy/ (uint64)
+        r = run("cp", d / f"xy-fiji/{oz:05d}.tif", d / f"xy-fiji/{oz + 1:05d}.tif")
+        assert r.returncode != 0
+
+
+def test_label_fiji_view_is_nan_where_an_id_does_not_fit(tmp_path):
+    """An id above 2**24 has no exact 32-bit float: its pixels are NaN in the
+    view, never a neighbouring id; the other pixels keep their ids."""
+    lab = _small_ids()
+    uuid = _labels_store(tmp_path / "store", lab, commit=False)
+    with mounted(tmp_path / "store", tmp_path / "mnt"):
+        d = tmp_path / "mnt/seg" / uuid / "bodies"
+        z = LOFFSET[2] + 1
+        bigger = lab[1].copy()
+        bigger[0, :3] = (2**24 + 1, 2**40 + 3, 2**64 - 1)
+        tifffile.imwrite(tmp_path / "s.tif", bigger)
+        assert run("cp", tmp_path / "s.tif", d / f"xy/{z:05d}.tif").returncode == 0
+        np.testing.assert_array_equal(tifffile.imread(d / f"xy/{z:05d}.tif"), bigger)
+        with Image.open(d / f"xy-fiji/{z:05d}.tif") as im:
+            got = np.asarray(im)
+        assert np.isnan(got[0, :3]).all() and not np.isnan(got[:, 3:]).any() and not np.isnan(got[1:]).any()
+        fits = ~np.isnan(got)
+        np.testing.assert_array_equal(got[fits].astype(np.uint64), bigger[fits])

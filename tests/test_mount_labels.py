@@ -52,7 +52,7 @@ def _tif(path):
 def test_label_slices_and_listing(lab_mount):
     d, lab = lab_mount
     assert sorted(os.listdir(d)) == ["info.json", "labels", "merge", "mutations.jsonl", "precomputed",
-                                     "xy", "xy-rgb", "xz", "xz-rgb", "yz", "yz-rgb"]
+                                     "xy", "xy-fiji", "xy-rgb", "xz", "xz-fiji", "xz-rgb", "yz", "yz-fiji", "yz-rgb"]
     z = OFFSET[2] + 11
     got = _tif(d / f"xy/{z:05d}.tif")
     assert got.dtype == np.uint64

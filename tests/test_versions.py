@@ -721,3 +721,42 @@ def test_random_dag_matches_model(store, scan_all, data):
         e = vol.extents(view)
         assert (None if e is None else (e.lo, e.hi)) == m.ext[n.uuid]
         assert set(db.ancestors(n.version_id)) == {db.nodes[u].version_id for u in m.anc[n.uuid]}
+
+
+# ---------------------------------------------------------------- resolve
+def test_three_way_resolve_takes_the_first_parent_that_changed_each_key(store, root, gray, scan_all):
+    """Parents in priority order a, b, c: a block changed by b and c only takes b's
+    value (a left it alone: a's unchanged value is no side's change); a block
+    changed by all three takes a's; a delete can win too."""
+    db = store.db
+    rng = np.random.default_rng(21)
+    base = rand(rng, (8, 8, 24))                    # blocks (0..2, 0, 0)
+    gray.write(root, (0, 0, 0), base)
+    db.commit(root)
+    a, b, c = (db.branch(root, n) for n in "abc")
+    ones = np.ones((1, 1, 1), np.uint8)
+    gray.write(a, (0, 0, 0), ones * 10)             # block 0: a, b, c
+    gray.write(b, (1, 0, 0), ones * 20)
+    gray.write(c, (2, 0, 0), ones * 30)
+    gray.write(b, (8, 0, 0), ones * 21)             # block 1: b, c
+    gray.write(c, (9, 0, 0), ones * 31)
+    gray.delete(b, (16, 0, 0), (8, 8, 8))           # block 2: deleted on b, written on c
+    gray.write(c, (16, 0, 0), ones * 32)
+    for n in (a, b, c):
+        db.commit(n)
+    before = scan_all(store.engine)
+    with pytest.raises(ConflictError):
+        store.merge([a, b, c])
+    assert scan_all(store.engine) == before
+    merged = store.resolve([a, b, c])
+    expect = base.copy()
+    expect[0, 0, 0] = 10                             # a's block 0 whole: b's and c's voxels dropped
+    expect[0, 0, 8] = 21                             # b's block 1: c's voxel dropped
+    expect[:, :, 16:24] = 0                          # b's delete of block 2
+    got = gray.read(db.view(merged), (0, 0, 0), (24, 8, 8))
+    assert np.array_equal(got, expect)
+    assert merged.parents == [a.uuid, b.uuid, c.uuid]
+    merged2 = store.resolve([c, b, a])
+    expect2 = base.copy()
+    expect2[0, 0, 2], expect2[0, 0, 9], expect2[0, 0, 16] = 30, 31, 32
+    assert np.array_equal(gray.read(db.view(merged2), (0, 0, 0), (24, 8, 8)), expect2)

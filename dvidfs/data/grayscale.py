@@ -13,7 +13,7 @@ import numpy as np
 
 from dvidfs.data import pyramid
 from dvidfs.data.downres import mean2x
-from dvidfs.data.volume import BlockVolume, describe_block
+from dvidfs.data.volume import BlockVolume, describe_block, summarize_blocks
 from dvidfs.errors import InvalidInputError
 from dvidfs.store import keys
 from dvidfs.store.values import LZ4, decode_value, encode_value
@@ -41,6 +41,8 @@ class Grayscale(BlockVolume):
     native_values = True  # slices and reads decode + copy in dvidfs.formats.blockcopy
     merge_rules = {**BlockVolume.merge_rules, keys.CLASS_GRAY_LEVEL: _merge_level_block}
     key_descriptions = {keys.CLASS_GRAY_BLOCK: describe_block, keys.CLASS_GRAY_LEVEL: describe_block}
+    key_summaries = {keys.CLASS_GRAY_BLOCK: summarize_blocks(_decode_cube),
+                     keys.CLASS_GRAY_LEVEL: summarize_blocks(_decode_cube)}
 
     def encode_block(self, block: np.ndarray) -> bytes:
         return encode_value(np.ascontiguousarray(block).tobytes(), LZ4)

@@ -128,6 +128,21 @@ def describe_key(tk: bytes, inst: Instance) -> str:
     return f"chunk of a large value {tk[2:].hex()}"
 
 
+def summarize_keys(tks: list[bytes], inst: Instance, contexts=(), shown: int = 10) -> list[str]:
+    """Conflicting head TKeys: each described when few, else the key names (a
+    large value's chunks counted)."""
+    if len(tks) <= 5:
+        return [describe_key(tk, inst) for tk in tks]
+    names = sorted(key_str(tk[1:-1]) for tk in tks if len(tk) > 2 and tk[1] != 0)
+    chunks = len(tks) - len(names)
+    out = f"keys {', '.join(repr(n) for n in names[:shown])}" if names else ""
+    if len(names) > shown:
+        out += f", … ({len(names)} keys in all)"
+    if chunks:
+        out += f"{' and ' if out else ''}{chunks} chunk(s) of large values"
+    return [out]
+
+
 # ---------------------------------------------------------------- heads
 class _Manifest:
     __slots__ = ("size", "chunk", "version", "blob")
@@ -285,6 +300,7 @@ class KeyValue(DataType):
     offers = frozenset({"keys"})
     merge_rules = {CLASS: _merge_heads}
     key_descriptions = {CLASS: describe_key}
+    key_summaries = {CLASS: summarize_keys}
 
     @classmethod
     def make_config(cls, **options) -> dict:

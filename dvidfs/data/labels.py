@@ -46,7 +46,7 @@ import numpy as np
 from dvidfs.geometry import PLANE_OF_AXIS, XYZ, Box
 from dvidfs.data import downres, pyramid
 from dvidfs.data.labelindex import LabelIndex, pack_block, unpack_block
-from dvidfs.data.volume import BlockVolume, describe_block
+from dvidfs.data.volume import BlockVolume, describe_block, summarize_blocks
 from dvidfs.errors import ConflictError, InvalidInputError, NotFoundError
 from dvidfs.formats.labelblock import decode_label_block, decode_label_plane_fast, encode_label_block
 from dvidfs.formats import sparsevol as sv
@@ -105,6 +105,15 @@ def _merge_level_block(ctx) -> bytes | None:
                                      lambda a: encode_value(encode_label_block(a), LZ4), downres.mode2x)
 
 
+def _ids(what: str, tks: list[bytes], why: str, shown: int = 10) -> str:
+    """"bodies 5, 7, … (N in all) why": the ids of label index / mapping TKeys, for conflict messages."""
+    ids = sorted(_U64.unpack(tk[1:9])[0] for tk in tks)
+    if len(ids) == 1:
+        what = what[:-3] + "y" if what.endswith("ies") else what[:-1]
+    more = f", … ({len(ids)} in all)" if len(ids) > shown else ""
+    return f"{what} {', '.join(map(str, ids[:shown]))}{more} {why}"
+
+
 def _labels_of(record: dict) -> set[int]:
     """The bodies a mutation record names as changed (lastmod): a merge's target,
     a split's body and new label, a cleave's body and cleaved label."""
@@ -151,6 +160,10 @@ class Labels(BlockVolume):
                         keys.CLASS_LABEL_INDEX: lambda tk, inst: f"body {_U64.unpack(tk[1:9])[0]} (its voxel counts)",
                         keys.CLASS_MAPPING: lambda tk, inst: f"supervoxel {_U64.unpack(tk[1:9])[0]} (merged into "
                                                              f"different bodies)"}
+    key_summaries = {keys.CLASS_LABEL_BLOCK: summarize_blocks(lambda v: decode_label_block(decode_value(v))),
+                     keys.CLASS_LABEL_INDEX: lambda tks, inst, ctxs: [_ids("bodies", tks, "(their voxel counts)")],
+                     keys.CLASS_MAPPING: lambda tks, inst, ctxs: [_ids("supervoxels", tks,
+                                                                       "(merged into different bodies)")]}
 
     def __init__(self, ctx, inst):
         super().__init__(ctx, inst)

@@ -17,6 +17,11 @@ What a type declares (class attributes, read by the registry):
   changed on several sides of a node merge (extents: union; max label: max).
 * `key_descriptions` — key class byte -> fn(TKey, Instance): a short description
   in the user's terms (voxels, slices, body ids), used when a merge is refused.
+* `key_summaries` — key class byte -> fn([TKey], Instance, [MergeContext]) ->
+  [phrase]: the same for all conflicting keys of the class at once (the voxels
+  changed on both sides, body ids, key names), so a refusal of a merge that
+  conflicts in hundreds of blocks stays one readable line.  The contexts (one
+  per TKey) give the parents' and the common ancestry's values.
 
 Adding a type: a module with a `DataType` subclass, `make_config`, `info`,
 its operations, and one `registry.register(...)` line in `core.default_registry`.
@@ -30,10 +35,11 @@ from typing import Callable, ClassVar, Mapping
 from dvidfs.errors import ExistsError, InvalidInputError, NotFoundError, ReadOnlyError
 from dvidfs.store.cache import LRUCache
 from dvidfs.store.versioned import VersionView
-from dvidfs.versions.dag import MergeContext, VersionDB
+from dvidfs.versions.dag import LIST_AT_MOST, MergeContext, VersionDB
 from dvidfs.versions.model import Instance, Node
 
 MergeFn = Callable[[MergeContext], "bytes | None"]
+SummaryFn = Callable[[list[bytes], Instance, list[MergeContext]], list[str]]
 
 
 class WriteGenerations:
@@ -78,6 +84,7 @@ class DataType:
     offers: ClassVar[frozenset[str]] = frozenset()
     merge_rules: ClassVar[Mapping[int, MergeFn]] = {}
     key_descriptions: ClassVar[Mapping[int, Callable[[bytes, Instance], str]]] = {}
+    key_summaries: ClassVar[Mapping[int, SummaryFn]] = {}
 
     def __init__(self, ctx: TypeContext, inst: Instance):
         self.ctx = ctx
@@ -128,19 +135,22 @@ class TypeRegistry:
         self._types: dict[str, type[DataType]] = {}
         self._rules: dict[int, MergeFn] = {}
         self._describe: dict[int, Callable[[bytes, Instance], str]] = {}
+        self._summarize: dict[int, SummaryFn] = {}
 
     def register(self, cls: type[DataType]) -> type[DataType]:
         name = cls.typename
         if name in self._types:
             raise ExistsError(f"data type {name!r} is already registered")
         for table, mine, what in ((self._rules, cls.merge_rules, "merge rule"),
-                                  (self._describe, cls.key_descriptions, "key description")):
+                                  (self._describe, cls.key_descriptions, "key description"),
+                                  (self._summarize, cls.key_summaries, "key summary")):
             for key_class, fn in mine.items():
                 if table.get(key_class, fn) is not fn:
                     raise ExistsError(f"{name}: key class {key_class} already has another {what}")
         self._types[name] = cls
         self._rules.update(cls.merge_rules)
         self._describe.update(cls.key_descriptions)
+        self._summarize.update(cls.key_summaries)
         return cls
 
     def get(self, typename: str) -> type[DataType]:
@@ -159,3 +169,24 @@ class TypeRegistry:
     def describe(self, tk: bytes, inst: Instance) -> str:
         fn = self._describe.get(tk[0])
         return fn(tk, inst) if fn else f"key class {tk[0]} {tk[1:].hex()}"
+
+    def summarize(self, tks: list[bytes], inst: Instance, contexts: list[MergeContext]) -> list[str]:
+        """Phrases for the conflicting `tks` of `inst` (`contexts` aligned with
+        them), per key class: the class's summary, else each key's description
+        when few, else the first three and how many more."""
+        by_class: dict[int, tuple[list[bytes], list[MergeContext]]] = {}
+        for tk, ctx in zip(tks, contexts):
+            group = by_class.setdefault(tk[0], ([], []))
+            group[0].append(tk)
+            group[1].append(ctx)
+        out: list[str] = []
+        for key_class, (group, ctxs) in by_class.items():
+            fn = self._summarize.get(key_class)
+            if fn is not None:
+                out += fn(group, inst, ctxs)
+            elif len(group) <= LIST_AT_MOST:
+                out += [self.describe(tk, inst) for tk in group]
+            else:
+                out.append(", ".join(self.describe(tk, inst) for tk in group[:3])
+                           + f" and {len(group) - 3} more")
+        return out

@@ -19,11 +19,11 @@ import copy
 import json
 import math
 from contextlib import contextmanager
-from typing import ClassVar
+from typing import Callable, ClassVar
 
 import numpy as np
 
-from dvidfs.errors import InvalidInputError, NotFoundError, ReadOnlyError
+from dvidfs.errors import DvidfsError, InvalidInputError, NotFoundError, ReadOnlyError
 from dvidfs.formats.blockcopy import NATIVE_HEADERS, copy_blocks
 from dvidfs.store import keys, versioned
 from dvidfs.store.engine import Batch, Reader
@@ -72,6 +72,90 @@ def describe_block(tk: bytes, inst: Instance) -> str:
         return f"{what} ({x},{y},{z})"
     return (f"{what} ({x},{y},{z}) = voxels x {x * bx}..{x * bx + bx - 1}, y {y * by}..{y * by + by - 1} "
             f"of xy slices {z * bz}..{z * bz + bz - 1}")
+
+
+# Conflicting blocks decoded to find the voxels changed on both sides (the rest only counted).
+EXACT_BLOCKS = 4096
+
+
+def summarize_blocks(decode: Callable[[bytes], np.ndarray]):
+    """The key summary of a block class whose stored values `decode` turns into
+    [z, y, x] arrays: a few blocks each described, many counted; then which
+    voxels were changed on more than one side (found by comparing each side's
+    block with the common ancestry's) — the slice a person edited on both
+    branches, not the blocks around it.  Pyramid levels: blocks only."""
+
+    def summary(tks: list[bytes], inst: Instance, contexts: list) -> list[str]:
+        level0 = [c for tk, c in zip(tks, contexts) if len(tk) != 14 or tk[1] == 0][:EXACT_BLOCKS]
+        voxels = []
+        if level0:
+            try:
+                voxels = [_changed_voxels(level0, decode, len(level0) < len(tks))]
+            except DvidfsError:  # an undecodable block: the refusal still says which blocks
+                pass
+        if len(tks) <= 5:
+            return [describe_block(tk, inst) for tk in tks] + voxels
+        return [", in which ".join([_block_box(tks, inst), *voxels])]
+    return summary
+
+
+def _block_box(tks: list[bytes], inst: Instance) -> str:
+    """"N blocks covering voxels x …, y … of xy slices …", per pyramid level."""
+    by_scale: dict[int, list[tuple[int, int, int]]] = {}
+    for tk in tks:
+        by_scale.setdefault(tk[1] if len(tk) == 14 else 0, []).append(keys.parse_izyx(tk[-12:]))
+    bs = tuple(int(b) for b in inst.config.get("BlockSize", (0, 0, 0)))
+    out = []
+    for scale, coords in sorted(by_scale.items()):
+        what = f"{len(coords)} level-{scale} blocks" if scale else f"{len(coords)} blocks"
+        lo = [min(c[a] for c in coords) for a in range(3)]
+        hi = [max(c[a] for c in coords) for a in range(3)]
+        if not bs[0]:
+            out.append(f"{what} in block box ({lo[0]},{lo[1]},{lo[2]})..({hi[0]},{hi[1]},{hi[2]})")
+            continue
+        e = [b << scale for b in bs]  # a level-n block covers 2^n times the level-0 voxels
+        v0 = [lo[a] * e[a] for a in range(3)]
+        v1 = [(hi[a] + 1) * e[a] - 1 for a in range(3)]
+        out.append(f"{what} covering voxels x {v0[0]}..{v1[0]}, y {v0[1]}..{v1[1]} of xy slices "
+                   f"{v0[2]}..{v1[2]} (blocks ({lo[0]},{lo[1]},{lo[2]})..({hi[0]},{hi[1]},{hi[2]}))")
+    return "; ".join(out)
+
+
+def _changed_voxels(contexts: list, decode: Callable[[bytes], np.ndarray], partial: bool) -> str:
+    """The voxel box changed on 2+ sides; else the box each side changed (the
+    sides touched different voxels of the same blocks)."""
+    both: list[np.ndarray] = []     # [lo_xyz, hi_xyz] boxes
+    anyside: list[np.ndarray] = []
+    for ctx in contexts:
+        base = ctx.base_value()
+        arrays = [None if v is None else decode(v) for v in [base, *ctx.parent_values()]]
+        base_arr, sides = arrays[0], arrays[1:]
+        shape = next(a.shape for a in arrays if a is not None)
+        count = np.zeros(shape, np.uint8)
+        for a in sides:
+            if (a is None) != (base_arr is None):
+                count += 1                           # written on one side, absent on the other
+            elif a is not None:
+                count += (a != base_arr)
+        origin = np.array(keys.parse_izyx(ctx.tkey[-12:])) * np.array(shape[::-1])
+        for mask, boxes in ((count >= 2, both), (count >= 1, anyside)):
+            if mask.any():
+                z, y, x = (np.flatnonzero(mask.any(axis=axes)) for axes in ((1, 2), (0, 2), (0, 1)))
+                boxes.append(np.array([[x[0], y[0], z[0]], [x[-1], y[-1], z[-1]]]) + origin)
+    of = " (of the first blocks)" if partial else ""
+    if both:
+        return "voxels changed on more than one side: " + _voxel_box(both) + of
+    if anyside:
+        return "no voxel changed on more than one side (different voxels of the same blocks): " \
+               + _voxel_box(anyside) + of
+    return "the sides' blocks differ but no voxel value does"
+
+
+def _voxel_box(boxes: list[np.ndarray]) -> str:
+    lo = np.min([b[0] for b in boxes], axis=0)
+    hi = np.max([b[1] for b in boxes], axis=0)
+    z = f"xy slice {lo[2]}" if lo[2] == hi[2] else f"xy slices {lo[2]}..{hi[2]}"
+    return f"x {lo[0]}..{hi[0]}, y {lo[1]}..{hi[1]} of {z}"
 
 
 class BlockVolume(DataType):

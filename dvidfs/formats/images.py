@@ -39,6 +39,13 @@ Pure functions, no I/O.  Four jobs:
 
 * **Viewing labels** (``encode_pseudocolor_png``): a stable RGB colour per
   uint64 label id from a fixed integer hash, label 0 black.
+
+* **Label ids for ImageJ/Fiji** (``encode_label_float_tiff``): ImageJ has no
+  64-bit (or unsigned 32-bit) integer images, and opening a uint64 TIFF stops
+  it at a modal "Unsupported BitsPerSample: 64" dialog.  Its 32-bit float
+  images hold every integer up to 2**24 exactly, so label ids are written as
+  a float32 TIFF with ImageJ's metadata, each pixel its id up to
+  ``FLOAT_EXACT_MAX`` and NaN where the id is larger: never a rounded id.
 """
 from __future__ import annotations
 
@@ -61,6 +68,9 @@ __all__ = [
     "tiff_size",
     "label_colors",
     "encode_pseudocolor_png",
+    "FLOAT_EXACT_MAX",
+    "label_float_tiff_size",
+    "encode_label_float_tiff",
 ]
 
 # --------------------------------------------------------------------------
@@ -483,7 +493,7 @@ def label_colors(labels: np.ndarray) -> np.ndarray:
         raise InvalidInputError(f"labels must be integers, got {labels.dtype}")
     if labels.dtype.kind == "i" and labels.size and labels.min() < 0:
         raise InvalidInputError(f"labels must be non-negative, got {int(labels.min())}")
-    z = labels.astype(np.uint64)             # always a fresh array we can mix in place
+    z = np.array(labels, dtype=np.uint64, order="C")   # a fresh C-ordered array to mix in place
     z += _GOLDEN
     z ^= z >> np.uint64(30)
     z *= _MIX1
@@ -506,3 +516,32 @@ def encode_pseudocolor_png(labels: np.ndarray) -> bytes:
     if labels.ndim != 2:
         raise InvalidInputError(f"label slices must be 2-D, got shape {labels.shape}")
     return encode_png_stored(label_colors(labels))
+
+
+# --------------------------------------------------------------------------
+# Label ids ImageJ can read
+# --------------------------------------------------------------------------
+
+FLOAT_EXACT_MAX = 1 << 24    # float32 holds every integer 0..2**24 exactly
+
+
+def label_float_tiff_size(width: int, height: int) -> int:
+    """Exact byte length of ``encode_label_float_tiff`` output."""
+    return tiff_size(width, height, np.float32)
+
+
+def encode_label_float_tiff(labels: np.ndarray) -> bytes:
+    """32-bit float TIFF (ImageJ's metadata) of a 2-D label slice: each pixel
+    its label id, exactly, where the id is at most ``FLOAT_EXACT_MAX``, and NaN
+    where it is larger (a float32 would round it to a neighbouring id).
+    Exactly ``label_float_tiff_size(W, H)`` bytes long."""
+    labels = np.asarray(labels)
+    if labels.ndim != 2:
+        raise InvalidInputError(f"label slices must be 2-D, got shape {labels.shape}")
+    if labels.dtype.kind not in "ui":
+        raise InvalidInputError(f"labels must be integers, got {labels.dtype}")
+    if labels.dtype.kind == "i" and labels.size and labels.min() < 0:
+        raise InvalidInputError(f"labels must be non-negative, got {int(labels.min())}")
+    out = labels.astype(np.float32)
+    out[labels > FLOAT_EXACT_MAX] = np.nan
+    return encode_tiff(out)

@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Callable
 
 from dvidfs.errors import NotFoundError
+from dvidfs.fs.annotation import annotation_children
 from dvidfs.fs.bodies import body_children
 from dvidfs.fs.entry import Attr, DirEntry, Entry, as_json
 from dvidfs.fs.keyvalue import KeyValueDir
@@ -26,6 +27,7 @@ OFFER_VIEWS: dict[str, Callable[[Entry, "Tree"], list[tuple[str, Entry]]]] = {
     "volume": volume_children,
     "bodies": body_children,
     "roi": roi_children,
+    "annotation": annotation_children,
 }
 OFFER_DIRS: dict[str, type[DirEntry]] = {"keys": KeyValueDir}
 

@@ -3,6 +3,7 @@
     /<repo>/                 repo directory (mkdir at the top creates a repo)
     /<repo>/<uuid>/          every version node (a unique UUID prefix also resolves)
     /<repo>/<branch>         symlink to the branch's newest node ("master" too)
+    /<repo>/<tag>            symlink to a tag's node (its branch "tag-<tag>" is a link too)
     /<repo>/<uuid>/.dvid/    control files of the node (CONTROL_FILES)
 
 Every command goes to the core (`Dvid`); nothing here knows keys or engines.
@@ -12,7 +13,8 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING
 
-from dvidfs.errors import InvalidInputError, NotFoundError, ReadOnlyError
+from dvidfs.core import MergeConflict
+from dvidfs.errors import ConflictError, InvalidInputError, NotFoundError, ReadOnlyError
 from dvidfs.fs.entry import NOW, Attr, DirEntry, Entry, as_json
 from dvidfs.fs.instances import instance_entry
 from dvidfs.versions.model import UUID_RE
@@ -25,6 +27,10 @@ CONTROL_FILES = {
     "commit": "write a message: commit (lock) this node",
     "branch": "write a name: new child on a new branch; write an empty line: next version on this branch",
     "merge": "write node UUIDs (prefixes): new node merging this node and them",
+    "resolve": ("write node UUIDs in priority order: new node merging them (this node first unless listed), "
+                "each conflicting key taken from the first that changed it"),
+    "conflicts": "read: every conflicting key of the last merge or resolve refused here",
+    "tag": "write a name: tag this committed node (a committed child on branch tag-NAME)",
     "newdata": ("write 'grayscale NAME [BLOCKSIZE]', 'labels NAME [BLOCKSIZE]', 'keyvalue NAME' or "
                 "'roi NAME [BLOCKSIZE]': new data instance"),
     "note": "read/write the node's note",
@@ -32,10 +38,12 @@ CONTROL_FILES = {
     "info.json": "read: the node's info as JSON (DVID field names)",
     "last-error": "read: the last failed write under this node",
 }
-READ_ONLY_CONTROL = frozenset({"info.json", "last-error"})
+READ_ONLY_CONTROL = frozenset({"info.json", "last-error", "conflicts"})
 MULTILINE_CONTROL = frozenset({"note", "log"})   # act at close on the whole text; others at each newline
 LAST_ERROR = "last-error"
 _PREFIX_RE = re.compile(r"[0-9a-f]{1,31}")
+# node uuid -> the full list of the last merge/resolve refused through its .dvid/ (few nodes, small texts)
+_CONFLICTS: dict[str, str] = {}
 
 
 class RootDir(DirEntry):
@@ -72,6 +80,8 @@ class RepoDir(DirEntry):
             return self._node(node)
         if name in core.branches(repo):
             return BranchLink(repo=self.repo, name=name)
+        if name in core.tags(repo):
+            return TagLink(repo=self.repo, name=name)
         if _PREFIX_RE.fullmatch(name):  # a unique prefix is the node itself
             return self._node(core.node(name, repo))
         raise NotFoundError(f"no node or branch {name!r} in repo {self.repo!r}")
@@ -80,7 +90,9 @@ class RepoDir(DirEntry):
         core = tree.core
         repo = core.repo_by_alias(self.repo)
         out: list[tuple[str, Entry]] = [(n.uuid, self._node(n)) for n in core.repo_nodes(repo)]
-        out += [(b, BranchLink(repo=self.repo, name=b)) for b in core.branches(repo)]
+        branches = core.branches(repo)
+        out += [(b, BranchLink(repo=self.repo, name=b)) for b in branches]
+        out += [(t, TagLink(repo=self.repo, name=t)) for t in core.tags(repo) if t not in branches]
         return out
 
     def attr(self, tree: "Tree") -> Attr:
@@ -93,6 +105,22 @@ class BranchLink(Entry):
     def readlink(self, tree: "Tree") -> str:
         core = tree.core
         return core.branch_tip(core.repo_by_alias(self.repo), self.name).uuid
+
+    def attr(self, tree: "Tree") -> Attr:
+        return Attr("link", len(self.readlink(tree)), False, tree.started, False)
+
+
+class TagLink(Entry):
+    """`<repo>/<tag>`: symlink to the tag's node (it never moves; a branch of the
+    same name, made later, takes the name)."""
+
+    node_level = True
+
+    def readlink(self, tree: "Tree") -> str:
+        node = tree.core.tags(tree.core.repo_by_alias(self.repo)).get(self.name)
+        if node is None:
+            raise NotFoundError(f"no tag {self.name!r} in repo {self.repo!r}")
+        return node.uuid
 
     def attr(self, tree: "Tree") -> Attr:
         return Attr("link", len(self.readlink(tree)), False, tree.started, False)
@@ -171,6 +199,8 @@ class ControlFile(Entry):
             return "".join(line + "\n" for line in node.log).encode()
         if self.name == "note":
             return (node.note + "\n").encode() if node.note else b""
+        if self.name == "conflicts":
+            return _CONFLICTS.get(node.uuid, "").encode()
         return b""  # write-only control files; last-error is served by operations
 
     def control(self, tree: "Tree", text: str) -> str:
@@ -190,15 +220,49 @@ def _branch(core, node, text: str) -> str:
     return f"created node {child.uuid} on branch {child.branch_name}"
 
 
-def _merge(core, node, text: str) -> str:
+def _refs(core, node, text: str, what: str) -> list:
     refs = [r for r in re.split(r"[\s,]+", text) if r]
     if not refs:
-        raise InvalidInputError("write the UUIDs of the nodes to merge with this one")
+        raise InvalidInputError(f"write the UUIDs of the nodes to {what} with this one")
     repo = core.repo_of(node)
-    others = [core.node(r, repo) for r in refs]
-    child = core.merge([node] + others, f"merge of {node.uuid[:8]} and "
-                       + ", ".join(o.uuid[:8] for o in others))
+    return [core.node(r, repo) for r in refs]
+
+
+def _refused(node, exc: MergeConflict) -> ConflictError:
+    """Keep the full list in .dvid/conflicts; the error (last-error) says where it is."""
+    _CONFLICTS[node.uuid] = "".join(line + "\n" for line in exc.lines)
+    return ConflictError(f"{exc} — all {len(exc.lines)}: {CTRL_DIR}/conflicts")
+
+
+def _merge(core, node, text: str) -> str:
+    others = _refs(core, node, text, "merge")
+    try:
+        child = core.merge([node] + others, f"merge of {node.uuid[:8]} and "
+                           + ", ".join(o.uuid[:8] for o in others))
+    except MergeConflict as exc:
+        raise _refused(node, exc) from None
+    _CONFLICTS.pop(node.uuid, None)
     return f"created merge node {child.uuid}"
+
+
+def _resolve(core, node, text: str) -> str:
+    """The parents in priority order: as written when this node is among them,
+    else this node first (as `merge`, it merges this node with those)."""
+    listed = _refs(core, node, text, "resolve")
+    parents = listed if any(p.uuid == node.uuid for p in listed) else [node] + listed
+    try:
+        child = core.resolve(parents, "resolve of " + ", ".join(p.uuid[:8] for p in parents))
+    except MergeConflict as exc:
+        raise _refused(node, exc) from None
+    _CONFLICTS.pop(node.uuid, None)
+    return f"created resolved merge node {child.uuid}"
+
+
+def _tag(core, node, text: str) -> str:
+    if not text:
+        raise InvalidInputError("write the tag's name")
+    child = core.tag(node, text)
+    return f"tagged {node.uuid} as {text} (node {child.uuid})"
 
 
 def _newdata(core, node, text: str) -> str:
@@ -223,5 +287,5 @@ def _log(core, node, text: str) -> str:
     return "log appended"
 
 
-_COMMANDS = {"commit": _commit, "branch": _branch, "merge": _merge, "newdata": _newdata,
-             "note": _note, "log": _log}
+_COMMANDS = {"commit": _commit, "branch": _branch, "merge": _merge, "resolve": _resolve, "tag": _tag,
+             "newdata": _newdata, "note": _note, "log": _log}

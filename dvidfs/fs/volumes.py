@@ -1,8 +1,11 @@
 """Volume instances as slice images: the planes of grayscale and label volumes.
 
     <inst>/xy/<z>.png, xz/<y>.png, yz/<x>.png     8-bit slices (grayscale)
-    <inst>/xy/<z>.tif …                            exact uint64 ids (labels)
-    <inst>/xy-rgb/<z>.png …                        a stable colour per body (labels, for Fiji)
+    <inst>/xy/<z>.tif …                            exact uint64 ids (labels; numpy, tifffile)
+    <inst>/xy-fiji/<z>.tif …                       the same ids as 32-bit float, which ImageJ/Fiji
+                                                   and Pillow read (labels): exact up to 2**24, NaN
+                                                   where an id is larger (never a rounded id)
+    <inst>/xy-rgb/<z>.png …                        a stable colour per body (labels, any viewer)
     <inst>/s<n>/xy/<z>.png …                       pyramid level n (read-only), the same views
                                                    and names; one directory per stored level
     <inst>/precomputed/…                           neuroglancer precomputed (fs/precomputed.py)
@@ -32,8 +35,9 @@ from typing import TYPE_CHECKING, Callable
 import numpy as np
 
 from dvidfs.errors import InvalidInputError, NotFoundError
-from dvidfs.formats.images import (decode_image, encode_png_stored, encode_pseudocolor_png, encode_tiff,
-                                   png_size, tiff_size)
+from dvidfs.formats.images import (decode_image, encode_label_float_tiff, encode_png_stored,
+                                   encode_pseudocolor_png, encode_tiff, label_float_tiff_size, png_size,
+                                   tiff_size)
 from dvidfs.fs.entry import ON_CLOSE, Attr, DirEntry, Entry
 from dvidfs.geometry import PLANE, PLANES
 
@@ -44,6 +48,7 @@ SLICE_RE = re.compile(r"(-?[0-9]{1,10})\.(png|tif|tiff)")
 ALIAS_RE = re.compile(r"[A-Za-z][A-Za-z0-9_ +-]*?([0-9]{1,10})\.(png|tif|tiff)")   # ImageJ's xy0012.png
 SLICE_WIDTH = 5
 RGB = "-rgb"
+FIJI = "-fiji"
 COORD_MIN, COORD_MAX = -2**31, 2**31 - 1   # DVID's int32 coordinates
 # An upload may be larger than our stored-deflate rendering of the same image
 # (other encoders add chunks, metadata, worse filters), never this much larger.
@@ -83,13 +88,15 @@ class SliceFormat:
 GRAY_PNG = SliceFormat("png", png_size, encode_png_stored, True)
 LABEL_TIFF = SliceFormat("tif", lambda w, h: tiff_size(w, h, np.uint64), encode_tiff, True)
 LABEL_RGB = SliceFormat("png", lambda w, h: png_size(w, h, 3), encode_pseudocolor_png, False)
+LABEL_FIJI = SliceFormat("tif", label_float_tiff_size, encode_label_float_tiff, False)
 
 
 def plane_formats(dtype: np.dtype) -> dict[str, SliceFormat]:
     """Plane directory name -> format, by the volume's voxel type."""
     if dtype == np.uint8:
         return {p: GRAY_PNG for p in PLANES}
-    return {**{p: LABEL_TIFF for p in PLANES}, **{p + RGB: LABEL_RGB for p in PLANES}}
+    return {**{p: LABEL_TIFF for p in PLANES}, **{p + FIJI: LABEL_FIJI for p in PLANES},
+            **{p + RGB: LABEL_RGB for p in PLANES}}
 
 
 def _inside(ext, plane_dir: str, coord: int) -> bool:
@@ -227,7 +234,8 @@ class Slice(_OnPlane, Entry):
         if self.scale:
             raise InvalidInputError(f"level {self.scale} is computed from level 0: write slices there")
         if not self.format.writable:
-            raise InvalidInputError(f"{self.plane} shows colours; write uint64 TIFF slices to "
+            shows = "colours" if self.format is LABEL_RGB else "the ids for ImageJ (read-only)"
+            raise InvalidInputError(f"{self.plane} shows {shows}; write uint64 TIFF slices to "
                                     f"{self.plane[:2]}/ instead")
         ext = tree.extents(self)
         shape = None

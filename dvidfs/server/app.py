@@ -34,12 +34,13 @@ CORS_HEADERS = [(b"access-control-allow-origin", b"*"),
 
 def default_routes() -> Routes:
     """Every endpoint dvidfs serves: each handler module lists its own."""
-    from dvidfs.server import keyvalue, labelmap, repos, roi, volumes
-    from dvidfs.server import precomputed
+    from dvidfs.server import annotation, keyvalue, labelmap, repos, roi, volumes
+    from dvidfs.server import precomputed, transfer
     routes = Routes()
-    for module in (repos, volumes, labelmap, keyvalue, roi):
+    for module in (repos, volumes, labelmap, keyvalue, roi, annotation):
         module.register(routes)
     precomputed.register(routes)   # /precomputed/…: neuroglancer's format, beside /api/
+    transfer.register(routes)      # /api/dvidfs/…: push into and pull from this store (not DVID's)
     return routes
 
 

@@ -26,11 +26,12 @@ HELP = """dvidfs {version}: DVID's HTTP API over a dvidfs store.
   POST /api/repo/<uuid>/instance            {{"typename": "uint8blk|labelmap", "dataname"}}
   GET  /api/repo/<uuid>/branch-versions/<branch>
   POST /api/repo/<uuid>/merge               {{"parents": [...], "note"}}
+  POST /api/repo/<uuid>/resolve             {{"data": [...], "parents": [priority order], "note"}}
   GET|POST /api/repo/<uuid>/log
-  GET  /api/node/<uuid>/status              POST commit | branch | newversion; GET|POST note | log
+  GET  /api/node/<uuid>/status              POST commit | branch | newversion | tag; GET|POST note | log
   GET  /api/node/<uuid>/<data>/info         and the type's endpoints: /api/node/<uuid>/<data>/help
 
-<uuid> is any unique prefix, prefix:branch, :branch (one repo), with ~N for ancestors.
+<uuid> is any unique prefix, prefix:branch, :branch (one repo), a tag, with ~N for ancestors.
 Every endpoint and where dvidfs differs from DVID: docs/http.md.
 """
 
@@ -131,6 +132,22 @@ def _merge(dvid: Dvid, req: Request, node: Node, args: list[str]) -> Response:
     return json_response({"child": child.uuid})
 
 
+def _resolve(dvid: Dvid, req: Request, node: Node, args: list[str]) -> Response:
+    """DVID's resolve: parents in priority order, conflicts of the instances in
+    "data" taken from the first parent that changed them.  DVID answers after
+    running it in the background; here the answer comes when the node exists."""
+    d = req.json_object()
+    names = _strings(d.get("data"), "data")
+    if not names:
+        raise InvalidInputError('resolve needs at least one data instance in "data"')
+    refs = _strings(d.get("parents"), "parents")
+    if len(refs) < 2:
+        raise InvalidInputError('resolve needs at least two parent UUIDs in "parents"')
+    parents = [dvid.node(r, dvid.repo_of(node)) for r in refs]
+    child = dvid.resolve(parents, str(d.get("note", "")), data=names)
+    return json_response({"child": child.uuid})
+
+
 # ---------------------------------------------------------------- node routes
 def _status(dvid: Dvid, req: Request, node: Node, args: list[str]) -> Response:
     return json_response({"Locked": node.locked})
@@ -155,6 +172,17 @@ def _branch(dvid: Dvid, req: Request, node: Node, args: list[str]) -> Response:
 def _newversion(dvid: Dvid, req: Request, node: Node, args: list[str]) -> Response:
     d = req.json_object(required=False)
     child = dvid.branch(node, None, str(d.get("note", "")), d.get("uuid") or None)
+    return json_response({"child": child.uuid})
+
+
+def _tag(dvid: Dvid, req: Request, node: Node, args: list[str]) -> Response:
+    """DVID's tag: {"tag", "note"?} -> {"child"}.  DVID's child UUID is the tag
+    string; here it is a UUID, and the tag resolves wherever a UUID is taken."""
+    d = req.json_object()
+    name = d.get("tag")
+    if not isinstance(name, str) or not name:
+        raise InvalidInputError('a tag needs a "tag" name')
+    child = dvid.tag(node, name, str(d.get("note", "")))
     return json_response({"child": child.uuid})
 
 
@@ -196,11 +224,13 @@ def register(routes: Routes) -> None:
     routes.repo_route("log", "POST", _repo_log_post)
     routes.repo_route("branch-versions", "GET", _branch_versions, inline=True)
     routes.repo_route("merge", "POST", _merge)
+    routes.repo_route("resolve", "POST", _resolve)
     routes.node_route("status", "GET", _status, inline=True)
     routes.node_route("commit", "GET", _status, inline=True)
     routes.node_route("commit", "POST", _commit)
     routes.node_route("branch", "POST", _branch)
     routes.node_route("newversion", "POST", _newversion)
+    routes.node_route("tag", "POST", _tag)
     routes.node_route("note", "GET", _note, inline=True)
     routes.node_route("note", "POST", _note_post)
     routes.node_route("log", "GET", _node_log, inline=True)

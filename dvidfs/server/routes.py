@@ -26,7 +26,8 @@ from dvidfs.server.http import HttpError, Request, Response
 from dvidfs.versions.model import Node
 
 # dvidfs type names <-> the TypeName strings DVID's clients look for
-DVID_TYPENAME = {"grayscale": "uint8blk", "labels": "labelmap", "keyvalue": "keyvalue", "roi": "roi"}
+DVID_TYPENAME = {"grayscale": "uint8blk", "labels": "labelmap", "keyvalue": "keyvalue", "roi": "roi",
+                 "annotation": "annotation", "labelsz": "labelsz"}
 OUR_TYPENAME = {v: k for k, v in DVID_TYPENAME.items()}
 WRITE_METHODS = frozenset({"POST", "PUT", "DELETE"})
 

@@ -35,6 +35,8 @@ CLASS_PROPERTIES = 1
 CLASS_EXTENTS = 2          # per-version extents of a volume instance
 CLASS_GRAY_BLOCK = 23      # imageblk block
 CLASS_GRAY_LEVEL = 24      # dvidfs: grayscale pyramid block, | scale u8 | IZYX (level 0 stays class 23)
+CLASS_ANNOTATION_TAG = 70  # annotation tag index: tag | 0x00 | IZYX(x, y, z) of the element, empty value
+CLASS_ANNOTATION_BLOCK = 72  # annotation block: IZYX(block) (DVID's keyBlock), JSON list of elements
 CLASS_ROI = 90             # roi span: IZYX(x0, y, z) | length u32 (DVID's keyROI), empty value
 CLASS_KEYVALUE = 177       # keyvalue: key | 0x00 (DVID's keyStandard); 0x00 | blob | chunk: large values
 CLASS_LABEL_BLOCK = 186    # labelmap block
@@ -43,6 +45,7 @@ CLASS_MAX_LABEL = 237      # labelmap max label per version
 CLASS_MAPPING = 242        # dvidfs: supervoxel -> body mapping entries
 CLASS_MUTATION_LOG = 243   # dvidfs: mutation log records
 CLASS_PYRAMID = 244        # dvidfs: pyramid levels built and kept current (JSON {"Levels": n})
+CLASS_SYNC = 245           # dvidfs: annotation/labelsz sync, the synced instance's name (versioned)
 
 _U32 = struct.Struct(">I")
 _IZYX = struct.Struct(">III")

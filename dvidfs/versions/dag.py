@@ -1,4 +1,5 @@
-"""Repos and the version DAG: nodes, commit, branch, merge, log, UUID resolution.
+"""Repos and the version DAG: nodes, commit, branch, merge, resolve, tags, log,
+UUID resolution.
 
 All metadata lives in a few small JSON records (one per repo, one per node)
 held in memory and written through to the engine.  Commit, branch and merge
@@ -32,7 +33,8 @@ from dvidfs.errors import (AmbiguousError, ConflictError, ExistsError, InvalidIn
 from dvidfs.store import keys, versioned
 from dvidfs.store.engine import Batch, OrderedKV, Reader
 from dvidfs.store.versioned import VersionView
-from dvidfs.versions.model import MASTER, NAME_RE, UUID_RE, Instance, Node, Repo, new_uuid, now
+from dvidfs.versions.model import (MASTER, NAME_RE, TAG_BRANCH, UUID_RE, Instance, Node, Repo, new_uuid,
+                                   now)
 
 _REF_RE = re.compile(r"^(?P<prefix>[^:~]*)(?::(?P<branch>[^~]+))?(?:~(?P<back>\d+))?$")
 _HEX_RE = re.compile(r"^[0-9a-f]+$")
@@ -68,6 +70,11 @@ class MergeRules(Protocol):
     def describe(self, tk: bytes, inst: Instance) -> str:
         """A short human description of a TKey of `inst`, for conflict messages."""
 
+    def summarize(self, tks: list[bytes], inst: Instance, contexts: list[MergeContext]) -> list[str]:
+        """A few phrases for the conflicting TKeys of `inst` (`contexts` aligned
+        with them): what a person edited (the voxels changed on both sides, body
+        ids, key names), not key bytes."""
+
 
 class _NoRules:
     def merge_rule(self, key_class: int):
@@ -75,6 +82,24 @@ class _NoRules:
 
     def describe(self, tk: bytes, inst: Instance) -> str:
         return f"key class {tk[0]} {tk[1:].hex()}"
+
+    def summarize(self, tks: list[bytes], inst: Instance, contexts: list[MergeContext]) -> list[str]:
+        return [self.describe(tk, inst) for tk in tks[:LIST_AT_MOST]] + (
+            [f"and {len(tks) - LIST_AT_MOST} more"] if len(tks) > LIST_AT_MOST else [])
+
+
+# A refusal lists every key of a kind when there are this few; more are summarised.
+LIST_AT_MOST = 5
+
+
+class MergeConflict(ConflictError):
+    """A refused merge.  Its message is short (what and where, per instance, in
+    the user's terms); `lines` is the full list, one conflicting key a line
+    ("<instance>: <description>"), for a front end to show on request."""
+
+    def __init__(self, summary: str, lines: list[str]):
+        super().__init__(summary)
+        self.lines = lines
 
 
 class VersionDB:
@@ -144,16 +169,26 @@ class VersionDB:
         (that branch's newest node in the prefix's repo), `:branch` (only with
         one repo, or within `repo`), and `~N` (N-th first-parent ancestor).
         dvidfs also takes a repo name where DVID takes the prefix: `myrepo` is
-        its master tip and `myrepo:name` the tip of branch `name`."""
+        its master tip and `myrepo:name` the tip of branch `name`.  A tag name
+        stands for its node (DVID's tags are node UUIDs): `v1`, `v1~1` (the
+        tagged version), and `myrepo:v1` when no branch is named `v1`."""
         m = _REF_RE.match(ref.strip())
         if not m:
             raise InvalidInputError(f"{ref!r} is not a node reference (UUID prefix, prefix:branch, ~N)")
         prefix, branch, back = m.group("prefix"), m.group("branch"), m.group("back")
         named = [r for r in self.repos.values() if r.alias == prefix]
+        # tags have a non-hex character, so a UUID prefix (every request's) never scans for one
+        tagged = self.tags().get(prefix) if prefix and not named and not _HEX_RE.match(prefix.lower()) else None
+        if tagged is not None and repo is not None and tagged.repo != repo.root:
+            tagged = None
         if named:
             repo, prefix, branch = named[0], "", branch or MASTER
+        elif tagged is not None and branch is None:
+            return self._back(ref, tagged, back)
+        elif tagged is not None:
+            repo, prefix = self.repos[tagged.repo], ""
         elif prefix and not _HEX_RE.match(prefix.lower()):
-            raise NotFoundError(f"no repo named {prefix!r} and not a UUID prefix")
+            raise NotFoundError(f"no repo or tag named {prefix!r} and not a UUID prefix")
         prefix = prefix.lower()
         if branch is None:
             if not prefix:
@@ -167,7 +202,21 @@ class VersionDB:
                     raise AmbiguousError(f"{ref!r}: `:branch` needs a UUID prefix when the store has "
                                          f"{len(self.repos)} repos")
                 repo = next(iter(self.repos.values()))
-            node = self.branch_tip(repo, branch)
+            node = self._branch_or_tag(repo, branch)
+        return self._back(ref, node, back)
+
+    def _branch_or_tag(self, repo: Repo, name: str) -> Node:
+        """`:name` is a branch's newest node, else the node tagged `name` in the repo
+        (a tag is also the branch "tag-<name>", which `:tag-<name>` names)."""
+        try:
+            return self.branch_tip(repo, name)
+        except NotFoundError:
+            node = self.tags().get(name)
+            if node is None or node.repo != repo.root:
+                raise
+            return node
+
+    def _back(self, ref: str, node: Node, back: str | None) -> Node:
         for _ in range(int(back or 0)):
             if not node.parents:
                 raise NotFoundError(f"{ref!r}: node {node.uuid} has no parent")
@@ -195,6 +244,11 @@ class VersionDB:
             tips[n.branch_name] = n
         return tips
 
+    def tags(self, repo: Repo | None = None) -> dict[str, Node]:
+        """Tag name -> its node (of one repo, or of the store: tags are unique in it,
+        as DVID's, which are node UUIDs)."""
+        return {n.tag: n for n in self.nodes.values() if n.tag and (repo is None or n.repo == repo.root)}
+
     def branch_tip(self, repo: Repo, branch: str) -> Node:
         tip = self.branches(repo).get(branch)
         if tip is None:
@@ -221,7 +275,8 @@ class VersionDB:
             batch.put(keys.meta_key("node:" + obj.uuid), json.dumps(obj.to_json()).encode())
 
     def _add_node(self, batch: Batch, repo: Repo, parents: list[Node], branch: str, note: str,
-                  uuid: str | None) -> tuple[Node, list[Node]]:
+                  uuid: str | None, log: list[str] | None = None, locked: bool = False,
+                  tag: str = "") -> tuple[Node, list[Node]]:
         """Stage a new node and its parents' new `children`: returns the node
         (not registered yet) and staged copies of the parents, for `_link`
         once the batch is applied.  Nothing in memory changes here."""
@@ -231,7 +286,8 @@ class VersionDB:
         if uid in self.nodes:
             raise ExistsError(f"node {uid} already exists")
         node = Node(uuid=uid, version_id=self._next_id(batch, "version"), repo=repo.root,
-                    branch=branch, note=note, parents=[p.uuid for p in parents])
+                    branch=branch, note=note, parents=[p.uuid for p in parents], log=list(log or ()),
+                    locked=locked, tag=tag)
         staged = [replace(p, children=[*p.children, uid], updated=now()) for p in parents]
         for p in staged:
             self._save(batch, p)
@@ -257,6 +313,8 @@ class VersionDB:
         with self.lock:
             if any(r.alias == alias for r in self.repos.values()):
                 raise ExistsError(f"a repo named {alias!r} already exists")
+            if alias in self.tags():
+                raise ExistsError(f"{alias!r} is a tag: a repo name must differ from every tag")
             batch = Batch()
             # both records are new objects: nothing in memory changes until the apply succeeds
             repo = Repo(root="", alias=alias, description=description)
@@ -304,6 +362,34 @@ class VersionDB:
             self._link(node, [parent], staged)
             return node
 
+    def tag(self, parent: Node, name: str, note: str = "", uuid: str | None = None) -> Node:
+        """DVID's tag: a committed child of committed `parent` on branch "tag-<name>",
+        made in one batch.  DVID makes the tag string the child's UUID; here UUIDs
+        stay 32 hex digits and the name is the node's `tag`, which node
+        references resolve (`name`, `repo:name`, `prefix:name`, `name~1`)."""
+        with self.lock:
+            if not parent.locked:
+                raise InvalidInputError(f"node {parent.uuid} is open: commit it before tagging it "
+                                        "(a tag names a version that can no longer change)")
+            if not NAME_RE.match(name) or _HEX_RE.match(name.lower()):
+                raise InvalidInputError(f"{name!r} is not a valid tag (letters, digits, _ . + -, and at least "
+                                        "one non-hex character so it cannot be taken for a UUID prefix)")
+            if name in self.tags():
+                raise ExistsError(f"tag {name!r} already names node {self.tags()[name].uuid}")
+            if any(r.alias == name for r in self.repos.values()):
+                raise ExistsError(f"{name!r} is a repo name: a tag must differ from every repo name")
+            repo = self.repos[parent.repo]
+            branch = TAG_BRANCH + name
+            if branch in self.branches(repo) or name in self.branches(repo):
+                raise ExistsError(f"repo {repo.alias!r} already has a branch named {name!r} or {branch!r}")
+            batch = Batch()
+            node, staged = self._add_node(batch, repo, [parent], branch,
+                                          note or f"Tag of version {parent.uuid} with {name!r}", uuid,
+                                          locked=True, tag=name)
+            self.engine.apply(batch, sync=True)
+            self._link(node, [parent], staged)
+            return node
+
     def merge(self, parents: list[Node], note: str = "", uuid: str | None = None,
               rules: MergeRules | None = None) -> Node:
         """A new open node whose parents are all `parents` (committed, same repo).
@@ -313,41 +399,125 @@ class VersionDB:
         written in the new node)."""
         rules = rules or _NoRules()
         with self.lock:
-            if len(parents) < 2 or len({p.uuid for p in parents}) != len(parents):
-                raise InvalidInputError("a merge needs two or more different parent nodes")
-            for p in parents:
-                if not p.locked:
-                    raise InvalidInputError(f"node {p.uuid} is open: commit it before merging")
-                if p.repo != parents[0].repo:
-                    raise InvalidInputError("merge parents must be in the same repo")
-            merged_values, conflicts = self._merge_plan(parents, rules)
+            self._check_mergeable(parents)
+            merged_values, conflicts, _ = self._merge_plan(parents, rules)
             if conflicts:
-                by_id = {i.id: i for i in self.repos[parents[0].repo].instances.values()}
-                shown = [f"{by_id[inst].name}: {rules.describe(tk, by_id[inst])}" for inst, tk in conflicts[:20]]
-                more = f" and {len(conflicts) - 20} more" if len(conflicts) > 20 else ""
-                raise ConflictError(f"merge refused: {len(conflicts)} key(s) changed differently on "
-                                    f"more than one side: " + "; ".join(shown) + more)
+                raise self._conflict_error(parents, conflicts, rules)
+            return self._write_merge(parents, merged_values, note, uuid)
+
+    def _check_mergeable(self, parents: list[Node]) -> None:
+        if len(parents) < 2 or len({p.uuid for p in parents}) != len(parents):
+            raise InvalidInputError("a merge needs two or more different parent nodes")
+        for p in parents:
+            if not p.locked:
+                raise InvalidInputError(f"node {p.uuid} is open: commit it before merging")
+            if p.repo != parents[0].repo:
+                raise InvalidInputError("merge parents must be in the same repo")
+
+    def _conflict_error(self, parents: list[Node], conflicts: list[tuple[int, bytes]],
+                        rules: MergeRules, what: str = "merge") -> MergeConflict:
+        """The refusal: per instance, what the data types say of its conflicting
+        keys (read from the parents and the common ancestry), and the full list."""
+        by_id = {i.id: i for i in self.repos[parents[0].repo].instances.values()}
+        lines = [f"{by_id[inst].name}: {rules.describe(tk, by_id[inst])}" for inst, tk in conflicts]
+        per_inst: dict[int, list[bytes]] = {}
+        for inst, tk in conflicts:
+            per_inst.setdefault(inst, []).append(tk)
+        shown: list[str] = []
+        sides = [self.ancestors(p.version_id) for p in parents]
+        base = _FutureMerge(self, frozenset.intersection(*sides)).view
+        views = [self.view(p) for p in parents]
+        with self.engine.snapshot() as snap:
+            for inst, tks in per_inst.items():
+                ctxs = [MergeContext(snap, inst, tk, views, base) for tk in tks]
+                shown += [f"{by_id[inst].name}: {s}" for s in rules.summarize(tks, by_id[inst], ctxs)]
+        return MergeConflict(f"{what} refused: {len(conflicts)} key(s) changed differently on more than "
+                             f"one side: " + "; ".join(shown), lines)
+
+    def merge_conflicts(self, parents: list[Node], rules: MergeRules | None = None) -> list[str]:
+        """What a merge of `parents` would be refused for, one key a line (empty:
+        the merge would succeed).  Writes nothing."""
+        rules = rules or _NoRules()
+        with self.lock:
+            self._check_mergeable(parents)
+            _, conflicts, _ = self._merge_plan(parents, rules)
+            return self._conflict_error(parents, conflicts, rules).lines if conflicts else []
+
+    def resolve(self, parents: list[Node], note: str = "", uuid: str | None = None,
+                rules: MergeRules | None = None, data: Iterable[str] | None = None,
+                resolvable: Callable[[Instance], str | None] | None = None) -> Node:
+        """DVID's resolve: a merge node of `parents` given in priority order, where
+        each conflicting key takes its value from the first parent (in that order)
+        whose side changed it — the losing sides' conflicting keys are dropped.
+        `data`: the instance names to resolve (default: all); a conflict in any
+        other instance refuses the whole resolve, as a merge would be refused.
+        `resolvable(instance)` may name why an instance cannot be resolved key by
+        key (derived keys such as a label index would go stale): then a conflict
+        in it refuses too.  DVID commits a deletion node per losing parent first;
+        here the winners are written straight into the one new node, which reads
+        the same and leaves the parents' branches as they were."""
+        rules = rules or _NoRules()
+        with self.lock:
+            self._check_mergeable(parents)
             repo = self.repos[parents[0].repo]
-            batch = Batch()
-            node, staged = self._add_node(batch, repo, parents, parents[0].branch, note, uuid)
-            for (inst, tk), value in merged_values.items():
-                if value is None:
-                    versioned.delete(batch, inst, tk, node.version_id)
-                else:
-                    versioned.put(batch, inst, tk, node.version_id, value)
-            self.engine.apply(batch, sync=True)
-            self._link(node, parents, staged)
-            return node
+            by_name = self.instances_at(parents[0])
+            for p in parents[1:]:
+                by_name.update(self.instances_at(p))
+            names = set(by_name) if data is None else set(data)
+            for n in names:
+                if n not in by_name:
+                    raise NotFoundError(f"no data instance {n!r} in the parents of this resolve")
+            chosen = {by_name[n].id for n in names}
+            merged_values, conflicts, changed = self._merge_plan(parents, rules)
+            by_id = {i.id: i for i in repo.instances.values()}
+            refused = [(i, tk) for i, tk in conflicts if i not in chosen]
+            why = {}
+            if resolvable is not None:
+                for i in {i for i, _ in conflicts if i in chosen}:
+                    reason = resolvable(by_id[i])
+                    if reason:
+                        why[by_id[i].name] = reason
+                        refused += [(j, tk) for j, tk in conflicts if j == i]
+            if refused:
+                err = self._conflict_error(parents, sorted(refused), rules, "resolve")
+                if why:
+                    err = MergeConflict(err.message + " — cannot resolve " + "; ".join(
+                        f"{n}: {r}" for n, r in sorted(why.items())), err.lines)
+                raise err
+            with self.engine.snapshot() as snap:  # under the lock: the store is as _merge_plan saw it
+                for inst, tk in conflicts:
+                    winner = next(i for i, c in enumerate(changed) if (inst, tk) in c)
+                    merged_values[(inst, tk)] = versioned.get(snap, inst, tk, self.view(parents[winner]))
+            log = [f"resolve of {', '.join(p.uuid for p in parents)} (priority order): "
+                   f"{len(conflicts)} conflicting key(s) taken from the first parent that changed them"]
+            return self._write_merge(parents, merged_values, note, uuid, log)
+
+    def _write_merge(self, parents: list[Node], merged_values: dict, note: str, uuid: str | None,
+                     log: list[str] | None = None) -> Node:
+        """Stage the merge node and the merged values, apply, link (under the lock)."""
+        repo = self.repos[parents[0].repo]
+        batch = Batch()
+        node, staged = self._add_node(batch, repo, parents, parents[0].branch, note, uuid, log)
+        for (inst, tk), value in merged_values.items():
+            if value is None:
+                versioned.delete(batch, inst, tk, node.version_id)
+            else:
+                versioned.put(batch, inst, tk, node.version_id, value)
+        self.engine.apply(batch, sync=True)
+        self._link(node, parents, staged)
+        return node
 
     def _merge_plan(self, parents: list[Node], rules: MergeRules):
         """Keys changed on 2+ sides since the common ancestors are read exactly as
         the future merge node would read them (DVID's lazy rule); those whose
-        nearest values still differ are conflicts, or get a merged value."""
+        nearest values still differ are conflicts, or get a merged value.
+        Returns (merged values, conflicts, the keys each side changed)."""
         sides = [self.ancestors(p.version_id) for p in parents]
         common = frozenset.intersection(*sides)
         future = _FutureMerge(self, frozenset.union(*sides))
         base = _FutureMerge(self, common)
         touched: dict[tuple[int, bytes], int] = {}
+        changed: list[set[tuple[int, bytes]]] = []
         with self.engine.snapshot() as snap:
             for side in sides:
                 seen: set[tuple[int, bytes]] = set()
@@ -355,6 +525,7 @@ class VersionDB:
                     seen.update(versioned.changed_keys(snap, v))
                 for k in seen:
                     touched[k] = touched.get(k, 0) + 1
+                changed.append(seen)
             merged, conflicts = {}, []
             for (inst, tk), count in sorted(touched.items()):
                 if count < 2:
@@ -373,7 +544,7 @@ class VersionDB:
                                                          base.view))
                 except ConflictError:
                     conflicts.append((inst, tk))
-        return merged, conflicts
+        return merged, conflicts, changed
 
     def append_log(self, node: Node, lines: Iterable[str]) -> Node:
         """Log lines may be added to committed nodes too (DVID issue #133 asked for it)."""
@@ -392,6 +563,8 @@ class VersionDB:
                     raise InvalidInputError(f"{alias!r} is not a valid repo name")
                 if any(r.alias == alias for r in self.repos.values()):
                     raise ExistsError(f"a repo named {alias!r} already exists")
+                if alias in self.tags():
+                    raise ExistsError(f"{alias!r} is a tag: a repo name must differ from every tag")
                 changes["alias"] = alias
             if description is not None:
                 changes["description"] = description

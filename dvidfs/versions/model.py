@@ -13,6 +13,7 @@ UUID_RE = re.compile(r"^[0-9a-f]{32}\Z")
 # names): ASCII letters, digits and _ . + -, starting with a letter or digit.
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,127}\Z")
 MASTER = "master"  # how the unnamed default branch is shown (stored as "")
+TAG_BRANCH = "tag-"  # DVID: a tag node is on branch "tag-<tag>"
 
 
 def new_uuid() -> str:
@@ -32,6 +33,7 @@ class Node:
     children: list[str] = field(default_factory=list)
     created: float = field(default_factory=now)
     updated: float = field(default_factory=now)
+    tag: str = ""                  # DVID `tag`: this committed node names the version of its parent
 
     @property
     def branch_name(self) -> str:
@@ -45,7 +47,8 @@ class Node:
         return {"Branch": self.branch_name, "Note": self.note, "Log": list(self.log),
                 "UUID": self.uuid, "VersionID": self.version_id, "Locked": self.locked,
                 "Parents": list(self.parents), "Children": list(self.children),
-                "Created": iso(self.created), "Updated": iso(self.updated)}
+                "Created": iso(self.created), "Updated": iso(self.updated),
+                **({"Tag": self.tag} if self.tag else {})}
 
 
 @dataclass
