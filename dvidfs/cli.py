@@ -224,7 +224,7 @@ def cmd_sample(args) -> None:
         sx, sy, sz = args.size
         with _progress(sz, "sample", "plane") as bar:
             uuid = build_sample_store(s, args.size, repo=args.repo, seed=args.seed, progress=bar.update,
-                                      labels=not args.no_labels)
+                                      labels=not args.no_labels, extras=not args.no_extras)
         print(f"repo {args.repo!r}: {sx}x{sy}x{sz} sample in node {uuid} (committed)")
 
 
@@ -409,7 +409,7 @@ def build_parser() -> argparse.ArgumentParser:
     c = data.add_parser("new", help="create a data instance in an open node")
     c.add_argument("node", help="node: UUID prefix, repo name, repo:branch, prefix:branch, ~N")
     c.add_argument("name")
-    c.add_argument("--type", default="grayscale", help="grayscale or labels")
+    c.add_argument("--type", default="grayscale", help="grayscale, labels, keyvalue, roi, annotation or labelsz")
     c.add_argument("--block-size", type=int, default=None, help="block edge in voxels (default per type)")
     c.add_argument("--voxel-size", type=_fxyz, default=(8.0, 8.0, 8.0), help="x,y,z (default 8,8,8)")
     c.add_argument("--units", default="nanometers")
@@ -486,11 +486,14 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("node")
     c.set_defaults(fn=cmd_info)
 
-    c = sub.add_parser("sample", help="build a sample repo with EM-like grayscale (and labels)")
+    c = sub.add_parser("sample", help="build a sample repo with EM-like grayscale (and labels, an roi and "
+                                      "synapses)")
     c.add_argument("--size", type=_xyz, default=(256, 256, 128), help="x,y,z (default 256,256,128)")
     c.add_argument("--repo", default="sample")
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--no-labels", action="store_true")
+    c.add_argument("--no-extras", action="store_true",
+                   help="no roi, synapses (annotation) and synapses_labelsz instances")
     c.set_defaults(fn=cmd_sample)
 
     for name, fn, help, one in (

@@ -271,3 +271,46 @@ def test_cells_are_irregular():
 def test_bad_arguments(call):
     with pytest.raises(InvalidInputError):
         call()
+
+
+def test_sample_store_extras_sit_on_the_sample(tmp_path):
+    """`dvidfs sample` (extras on): every PreSyn's partners are voxels of other
+    bodies next to it (labels from numpy's make_sample, not from the store); the
+    label query of the synapses agrees with those labels; the roi is the
+    ellipsoid of blocks it is documented to be; labelsz counts the same."""
+    from dvidfs.core import Dvid
+    from dvidfs.samplestore import ROI_BLOCK, build_sample_store
+
+    size = (96, 80, 64)
+    _, lab = make_sample(size[::-1], seed=3)          # [z, y, x]
+    with Dvid.init(str(tmp_path / "s")) as s:
+        node = s.node(build_sample_store(s, size, seed=3, extras=True))
+        ann, seg, roi = s.data(node, "synapses"), s.data(node, "segmentation"), s.data(node, "roi")
+        els = ann.all_elements(node)
+        label = {tuple(e["Pos"]): int(lab[e["Pos"][2], e["Pos"][1], e["Pos"][0]]) for e in els}
+        pres = [e for e in els if e["Kind"] == "PreSyn"]
+        assert len(pres) >= 0.5 * 30 * np.prod(size) / 1e6
+        for e in pres:
+            assert e["Rels"] and all(r["Rel"] == "PreSynTo" for r in e["Rels"])
+            for r in e["Rels"]:
+                to = tuple(r["To"])
+                assert sum(abs(a - b) for a, b in zip(to, e["Pos"])) == 1
+                assert label[to] not in (0, label[tuple(e["Pos"])])
+                assert any(p["To"] == e["Pos"] for p in ann.element(node, to)["Rels"])
+        assert len(els) == len(pres) + sum(len(e["Rels"]) for e in pres)
+        view = s.view(node)
+        body = max(set(label.values()), key=list(label.values()).count)
+        want = sorted(p for p, b in label.items() if b == body)
+        assert sorted(tuple(e["Pos"]) for e in ann.label_elements(view, seg, body)) == want
+        lsz = s.data(node, "synapses_labelsz")
+        assert lsz.count(view, ann, seg, body, "PreSyn") == sum(
+            1 for e in pres if label[tuple(e["Pos"])] == body)
+        # roi: blocks whose centres are inside the ellipsoid of semi-axes a third of the sides
+        centre = [v / 2 for v in size]
+        radius = [max(v / 3, ROI_BLOCK) for v in size]
+        grid = np.stack(np.meshgrid(*[(np.arange(-(-v // ROI_BLOCK)) + 0.5) * ROI_BLOCK for v in size],
+                                    indexing="ij"), axis=-1)   # [x, y, z, 3]
+        inside = (((grid - centre) / radius) ** 2).sum(axis=-1) <= 1
+        mask = roi.mask(node, (0, 0, 0), tuple(n * ROI_BLOCK for n in inside.shape))   # [z, y, x]
+        want_mask = inside.transpose(2, 1, 0).repeat(ROI_BLOCK, 0).repeat(ROI_BLOCK, 1).repeat(ROI_BLOCK, 2)
+        assert inside.any() and np.array_equal(mask.astype(bool), want_mask)
