@@ -205,6 +205,15 @@ def cmd_dag(args) -> None:
     with _open(args) as s:
         repo = s.repo(args.repo)
         tips = {n.uuid: b for b, n in s.branches(repo).items()}
+        if args.svg:
+            from dvidfs.dagsvg import dag_svg
+            svg = dag_svg(s.repo_nodes(repo), title=f"repo {repo.alias}")
+            if args.svg == "-":
+                sys.stdout.write(svg)
+            else:
+                with open(args.svg, "w", encoding="utf-8") as f:
+                    f.write(svg)
+            return
         for n in s.repo_nodes(repo):
             parents = ",".join(p[:8] for p in n.parents) or "-"
             tip = f"  <- {tips[n.uuid]}" if n.uuid in tips else ""
@@ -480,6 +489,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("dag", help="all nodes of a repo with their parents and branch tips")
     c.add_argument("repo", help="repo name or any node UUID in it")
+    c.add_argument("--svg", metavar="OUT", help="write the DAG as an SVG picture to OUT (- for stdout) "
+                                                "instead of listing it")
     c.set_defaults(fn=cmd_dag)
 
     c = sub.add_parser("info", help="node and data instance info as JSON")

@@ -14,6 +14,16 @@ Builds the `dvidfs sample` store once in a temporary directory, then per round:
 
 Prints keys/s and MiB/s of values per way and each HTTP way's time as a ratio
 to the local push of the same round (the baseline, measured in the same run).
+
+    .venv/bin/python scripts/bench_push.py --delta [--edge 1024] [--fraction 0.01]
+
+The other question (issue 14): what does sending one *version* cost against
+copying the whole volume?  A gray volume of edge³ bytes (1 GiB at 1024; EM-like
+noise, 32³ blocks) is committed, a child changes `fraction` of its blocks at
+random places (proofreading-sized edits) and is committed; then into a fresh
+store the parent is pushed (= a copy of the whole volume), and the child after
+it (only the keys it wrote), locally and into a `dvidfs serve`; `cp -r` of the
+store directory is the file-copy baseline.  Bytes sent and time for each.
 """
 from __future__ import annotations
 
@@ -66,12 +76,72 @@ def timed(fn) -> tuple[float, PushReport]:
     return time.perf_counter() - t, rep
 
 
+def delta(edge: int, fraction: float, work: Path) -> None:
+    """Push one version that changed `fraction` of an edge³ volume vs a copy of the whole."""
+    import numpy as np
+    rng = np.random.default_rng(1)
+    src = work / "src"
+    with Dvid.init(str(src)) as s:
+        root = s.node(s.new_repo("big").root)
+        gray = s.new_instance(root, "grayscale", "grayscale", block_size=32)
+        slab = 64
+        t = time.perf_counter()
+        for z0 in range(0, edge, slab):
+            gray.write(root, (0, 0, z0), rng.integers(0, 256, (min(slab, edge - z0), edge, edge), dtype=np.uint8))
+        built = time.perf_counter() - t
+        s.commit(root, "whole volume")
+        child = s.branch(root, name="edit")
+        nb = edge // 32
+        picks = rng.choice(nb ** 3, size=max(1, round(fraction * nb ** 3)), replace=False)
+        for b in picks:
+            bz, by, bx = np.unravel_index(b, (nb, nb, nb))
+            gray.write(child, (int(bx) * 32, int(by) * 32, int(bz) * 32),
+                       rng.integers(0, 256, (32, 32, 32), dtype=np.uint8))
+        s.commit(child, "edits")
+        parent_uuid, child_uuid = root.uuid, child.uuid
+    print(f"{edge}³ gray ({edge ** 3 / 2**20:.0f} MiB) built in {built:.1f} s; child changed "
+          f"{len(picks)} of {nb ** 3} blocks ({100 * len(picks) / nb ** 3:.2f}%)")
+    rows = []
+    t = time.perf_counter()
+    shutil.copytree(src, work / "copy")
+    rows.append(("cp -r of the store directory", time.perf_counter() - t,
+                 sum(f.stat().st_size for f in (work / "copy").rglob("*") if f.is_file()), None))
+    with Dvid(str(src)) as s, Dvid(str(fresh(work / "dst"))) as dst:
+        t, rep = timed(lambda: push(s, dst, nodes=[s.node(parent_uuid)]))
+        rows.append(("push parent (whole volume)", t, rep.bytes, rep.keys))
+        t, rep = timed(lambda: push(s, dst, nodes=[s.node(child_uuid)]))
+        rows.append(("push child (the 1 version)", t, rep.bytes, rep.keys))
+    p, url = serve(fresh(work / "served"))
+    try:
+        with Dvid(str(src)) as s:
+            transfer(LocalSender(s), HttpReceiver(url), refs=[parent_uuid])
+            t, rep = timed(lambda: transfer(LocalSender(s), HttpReceiver(url), refs=[child_uuid]))
+        rows.append(("push child into dvidfs serve", t, rep.bytes, rep.keys))
+    finally:
+        stop(p)
+    base_t, base_b = rows[1][1], rows[1][2]
+    print(f"{'':<32} {'time':>8} {'MiB sent':>9} {'keys':>7} {'time vs whole':>14} {'bytes vs whole':>15}")
+    for what, t, b, k in rows:
+        print(f"{what:<32} {t:7.2f}s {b / 2**20:9.1f} {k if k is not None else '-':>7} "
+              f"{t / base_t:13.3f}x {b / base_b:14.3f}x")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size", default="512,512,512", help="sample size x,y,z (default 512,512,512)")
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--json", help="write the numbers here")
+    ap.add_argument("--delta", action="store_true", help="one changed version vs the whole volume")
+    ap.add_argument("--edge", type=int, default=1024, help="--delta: volume edge (default 1024: 1 GiB)")
+    ap.add_argument("--fraction", type=float, default=0.01, help="--delta: share of blocks changed")
     args = ap.parse_args()
+    if args.delta:
+        work = Path(tempfile.mkdtemp(prefix="bench-push-delta-"))
+        try:
+            delta(args.edge, args.fraction, work)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        return
     size = tuple(int(v) for v in args.size.split(","))
     work = Path(tempfile.mkdtemp(prefix="bench-push-"))
     rows: dict[str, list[dict]] = {"local push": [], "push into dvidfs serve": [], "pull from dvidfs serve": []}

@@ -13,7 +13,7 @@ ROOT = pathlib.Path(dvidfs.__file__).parent
 # (rank, group): a module may import its own group or any group of lower rank.
 # Groups of equal rank are peers and must not import each other.
 LAYERS = {
-    "base": (0, ("errors", "timestamps", "geometry", "config", "allocator", "storedir", "sample")),
+    "base": (0, ("errors", "timestamps", "geometry", "config", "allocator", "storedir", "sample", "dagsvg")),
     "store": (1, ("store",)),
     "formats": (1, ("formats",)),
     "versions": (2, ("versions",)),

@@ -158,3 +158,31 @@ def test_committed_labels_refuse_edits(lab_mount):
     assert r.returncode != 0
     assert "committed" in (node / ".dvid/last-error").read_text()
     assert "9" in os.listdir(d / "labels")
+
+
+def test_body_file_sizes_are_what_tools_read(lab_mount, tmp_path):
+    """`ls -l`, `stat`, `tar` and `cp` agree with `cat` on every body file: sizes
+    come from the label index and counted runs, never from a guess."""
+    d, lab = lab_mount
+    ls = run("sh", "-c", f"cd {d} && ls -l labels/*/sparsevol")
+    assert ls.returncode == 0, ls.stderr
+    lines = ls.stdout.decode().splitlines()
+    assert len(lines) == len(os.listdir(d / "labels"))
+    for line in lines:
+        f = line.split()
+        assert int(f[4]) == len((d / f[-1]).read_bytes()), line
+    script = ("for f in labels/*/*; do printf '%s %s %s\\n' \"$f\" \"$(stat -c %s \"$f\")\" "
+              "\"$(cat \"$f\" | wc -c)\"; done")
+    r = run("sh", "-c", f"cd {d} && {script}")
+    assert r.returncode == 0, r.stderr
+    rows = [line.split() for line in r.stdout.decode().splitlines()]
+    assert len(rows) == 7 * len(os.listdir(d / "labels"))
+    assert all(a == b for _, a, b in rows), [row for row in rows if row[1] != row[2]]
+    # tar trusts st_size (a wrong one is "file shrank" or padding); cp -r copies bytes
+    r = run("tar", "cf", tmp_path / "l.tar", "-C", d, "labels")
+    assert r.returncode == 0, r.stderr
+    (tmp_path / "x").mkdir()
+    assert run("tar", "xf", tmp_path / "l.tar", "-C", tmp_path / "x").returncode == 0
+    for body in os.listdir(d / "labels"):
+        for name in ("sparsevol", "bbox.json", "blocks.json", "supervoxels", "size", "sparsevol-coarse"):
+            assert (tmp_path / "x/labels" / body / name).read_bytes() == (d / "labels" / body / name).read_bytes()

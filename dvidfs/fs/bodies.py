@@ -2,23 +2,66 @@
 
     <labels>/labels/<id>/sparsevol, sparsevol-coarse, size, bbox.json,
                          blocks.json, supervoxels, split (write-only)
+    <labels>/labels/@more        symlink to the next page, when the listing is cut
+    <labels>/labels/@from-<id>/  a page: the next bodies (ids >= <id>) as symlinks
     <labels>/merge               write "TARGET ID…": merge bodies into TARGET
     <labels>/mutations.jsonl     every merge/split visible from this node
 
-Shown for every instance whose type offers "bodies".  A body's files are
-rendered from its label index (sizes need the rendering, so their `stat`
-runs in a worker thread); bodies disappear when merged away, so their names
-are invalidated, not only their inodes.
+Shown for every instance whose type offers "bodies".
+
+**What `labels/` lists.**  A real segmentation has 10⁶–10⁸ bodies: no tool
+walking a node (`find`, `du`, `rsync -a`, `cp -r`) should have to visit them
+all, and an `ls` should not scan them all.  So `labels/` lists at most
+`listing_limit()` bodies (1,000 unless `DVIDFS_BODY_LISTING` says otherwise),
+the smallest ids in ascending order (DVID's `listlabels` order), read with a
+keys-only scan that stops at the bound: a listing costs O(bound), whatever the
+number of bodies.  Every body is still reachable by id: `labels/<id>/` works
+for any body with voxels, listed or not.  When the listing is cut, it ends with
+a symlink `@more` pointing at a page `@from-<next id>/`, which lists the next
+bodies as symlinks `<id> -> ../<id>` and has its own `@more`.  People browse
+with `ls labels/@more/`, `cd -P labels/@more` (then `ls @more/` again), or jump
+to any id with `ls labels/@from-<id>/` (the kernel resolves at most 40 chained
+links, so `@more/@more/…` stops there).  Tools that walk trees do not follow
+symlinks by default (`find`, `du`, `rsync -a`, `cp -r`, `tar`), so a walk of a
+node costs O(bound) bodies, not O(bodies).  A node with up to the bound (every
+store of the tests and the demo) lists all its bodies exactly as before.
+
+**Sizes without encoding.**  `stat` (and the listing) never renders a body's
+files: sizes come from the label index alone, except the sparsevol's.
+
+* `size`, `supervoxels`, `blocks.json`, `sparsevol-coarse`: computed from the
+  index rows (digits counted, coarse runs = blocks whose -x neighbour is not
+  in the body); no block is read.
+* `bbox.json` is fixed-width JSON (every coordinate right-aligned in 11
+  columns, the width of -2**31), so its size is a constant.
+* `sparsevol` is DVID's canonical rles: 12 + 16 bytes per run.  The number of
+  runs depends on how the voxels lie, which the index (voxel counts per block
+  and supervoxel) does not say, so it is *counted* from the body's blocks,
+  never encoded (`RunCounter`): a run starts at each voxel whose -x neighbour
+  is not the body's.  A block met once is counted for that body alone; a block
+  met again (a walk in id order) is analysed once for all its bodies and
+  remembered per write generation, so its other bodies cost a dictionary
+  look-up.  A body's directory listing gives sparsevol a zero-timeout size
+  placeholder (`volatile_in_listing`), so `find` and plain `ls` never count
+  runs; `stat`, `ls -l`, `du` ask (lookup) and get the exact size.
+  Keeping a run count in the index (upkept by every write, merge and split)
+  would make this O(1) too; it is not done here (data/labels.py's write path).
 """
 from __future__ import annotations
 
 import json
+import os
 import re
+import threading
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+import numpy as np
+
+from dvidfs.data.labelindex import LabelIndex, unpack_block
 from dvidfs.errors import InvalidInputError, NotFoundError
 from dvidfs.fs.entry import NOW, ON_CLOSE, Attr, DirEntry, Entry, as_json
+from dvidfs.store.cache import LRUCache
 
 if TYPE_CHECKING:
     from dvidfs.fs.tree import Tree
@@ -26,6 +69,17 @@ if TYPE_CHECKING:
 BODY_FILES = ("bbox.json", "blocks.json", "size", "sparsevol", "sparsevol-coarse", "split", "supervoxels")
 _ID_RE = re.compile(r"[0-9]{1,20}")
 MAX_LABEL = 2**64 - 1
+MORE = "@more"
+PAGE_PREFIX = "@from-"
+DEFAULT_LISTING_LIMIT = 1_000
+
+
+def listing_limit() -> int:
+    """How many bodies `labels/` (and each page) lists: $DVIDFS_BODY_LISTING, else 1,000."""
+    try:
+        return max(1, int(os.environ.get("DVIDFS_BODY_LISTING", DEFAULT_LISTING_LIMIT)))
+    except ValueError:
+        return DEFAULT_LISTING_LIMIT
 
 
 def parse_label_id(text: str) -> int | None:
@@ -41,39 +95,170 @@ def body_children(inst: Entry, tree: "Tree") -> list[tuple[str, Entry]]:
             ("mutations.jsonl", inst.child(MutationsFile, name="mutations.jsonl"))]
 
 
+class _BodyCaches:
+    """Per mounted tree: decoded label indexes and the run counter.  A walk asks
+    for the same body's index several times (lookup, the directory's attributes,
+    its listing, each file's `stat`): it is read once per write generation."""
+
+    def __init__(self):
+        self.indexes = LRUCache(32 << 20, sizeof=lambda i: 200 + (20 * len(i) if i is not None else 0))
+        self.runs = RunCounter()
+        self.pages = LRUCache(8 << 20, sizeof=lambda p: 100 + 8 * len(p[0]))
+
+
+_CACHES_LOCK = threading.Lock()
+
+
+def _caches(tree: "Tree") -> _BodyCaches:
+    c = getattr(tree, "body_caches", None)
+    if c is None:
+        with _CACHES_LOCK:
+            c = getattr(tree, "body_caches", None)
+            if c is None:
+                c = tree.body_caches = _BodyCaches()  # type: ignore[attr-defined]
+    return c
+
+
+def _page(e: Entry, tree: "Tree", start: int) -> tuple[list[int], int | None]:
+    """Up to listing_limit() body ids >= start, and the id the next page starts at
+    (None when none is left): one keys-only scan of limit + 1 keys, remembered
+    per write generation (a page's symlinks are looked up one by one)."""
+    limit = listing_limit()
+    gen = tree.core.generation(e.node, e.obj)
+    key = (e.obj.inst.id, e.node.version_id, gen, start, limit)
+    cache = _caches(tree).pages
+    page = cache.get(key)
+    if page is None:
+        rows = e.obj.list_bodies(tree.core.view(e.node), start, limit + 1)
+        ids = [b for b, _ in rows]
+        page = (ids[:limit], ids[limit] if len(ids) > limit else None)
+        cache.put(key, page)
+    return page
+
+
+def body_index(tree: "Tree", e: Entry, body: int | None = None) -> LabelIndex:
+    """The label index of e's body (or `body`) at e's node; NotFoundError when it
+    has no voxels.  Cached under the write generation (read first, as for renders)."""
+    body = e.coord if body is None else body
+    gen = tree.core.generation(e.node, e.obj)
+    key = (e.obj.inst.id, e.node.version_id, gen, body)
+    cache = _caches(tree).indexes
+    idx = cache.get(key)
+    if idx is None:
+        idx = e.obj.index(tree.core.view(e.node), body) or LabelIndex()
+        cache.put(key, idx)
+    if not len(idx):
+        raise NotFoundError(f"label {body} does not exist in {e.obj.inst.name!r} at this node")
+    return idx
+
+
 class LabelsDir(DirEntry):
     def lookup(self, tree: "Tree", name: str) -> Entry:
+        if name == MORE:
+            _, nxt = _page(self, tree, 0)
+            if nxt is not None:
+                return self.child(MoreLink, coord=nxt, name=MORE)
+        elif name.startswith(PAGE_PREFIX):
+            start = parse_label_id(name[len(PAGE_PREFIX):])
+            if start is not None and name == f"{PAGE_PREFIX}{start}":
+                return self.child(PageDir, coord=start, name=name)
         body = parse_label_id(name)
-        if body is None or self.obj.index(tree.core.view(self.node), body) is None:
+        if body is None:
             raise NotFoundError(f"no label {name!r}")
+        body_index(tree, self, body)
         return self.child(BodyDir, coord=body)
 
     def list(self, tree: "Tree") -> Sequence[tuple[str, Entry, Attr]]:
-        return _BodyListing(self, self.obj.bodies(tree.core.view(self.node)), DirEntry.attr(self, tree))
+        ids, nxt = _page(self, tree, 0)
+        attr = DirEntry.attr(self, tree)
+        more = None
+        if nxt is not None:
+            link = self.child(MoreLink, coord=nxt, name=MORE)
+            more = (MORE, link, link.attr(tree))
+        return _BodyListing(self, ids, attr, more)
 
     def describe(self) -> str:
         return f"{self.data}/labels"
 
 
 class _BodyListing(Sequence):
-    """Body directories made as they are read (the ids come from one keys-only scan)."""
+    """Body directories made as they are read (the ids come from one bounded
+    keys-only scan), then the `@more` link when the listing was cut."""
 
-    def __init__(self, labels_dir: LabelsDir, ids, attr: Attr):
-        self.labels_dir, self.ids, self.attr = labels_dir, ids, attr
+    def __init__(self, labels_dir: LabelsDir, ids, attr: Attr, more=None):
+        self.labels_dir, self.ids, self.attr, self.more = labels_dir, ids, attr, more
 
     def __len__(self) -> int:
-        return len(self.ids)
+        return len(self.ids) + (self.more is not None)
 
     def __getitem__(self, i):
+        if i == len(self.ids) and self.more is not None:
+            return self.more
         b = int(self.ids[i])
         return str(b), self.labels_dir.child(BodyDir, coord=b), self.attr
+
+
+class MoreLink(Entry):
+    """`@more`: the next page of bodies (coord: its first id)."""
+    can_vanish = True
+
+    def readlink(self, tree: "Tree") -> str:
+        prefix = "../" if isinstance(self, PageMoreLink) else ""
+        return f"{prefix}{PAGE_PREFIX}{self.coord}"
+
+    def attr(self, tree: "Tree") -> Attr:
+        return Attr("link", len(self.readlink(tree)), False, tree.mtime(self.node), self.locked)
+
+
+class PageMoreLink(MoreLink):
+    pass
+
+
+class BodyLink(Entry):
+    """A body on a page: a symlink to `../<id>` (one body, one directory)."""
+    can_vanish = True
+
+    def readlink(self, tree: "Tree") -> str:
+        return f"../{self.coord}"
+
+    def attr(self, tree: "Tree") -> Attr:
+        return Attr("link", len(self.readlink(tree)), False, tree.mtime(self.node), self.locked)
+
+
+class PageDir(DirEntry):
+    """`@from-<id>/`: up to listing_limit() bodies with ids >= <id>, as symlinks."""
+    can_vanish = True
+
+    def lookup(self, tree: "Tree", name: str) -> Entry:
+        ids, nxt = _page(self, tree, self.coord)
+        if name == MORE and nxt is not None:
+            return self.child(PageMoreLink, coord=nxt, name=MORE)
+        body = parse_label_id(name)
+        if body is not None and ids and ids[0] <= body <= ids[-1] and \
+                len(body_index(tree, self, body)):   # on this page: between its first and last id
+            return self.child(BodyLink, coord=body, name="")
+        raise NotFoundError(f"no {name!r} on this page")
+
+    def list(self, tree: "Tree") -> list[tuple[str, Entry, Attr]]:
+        ids, nxt = _page(self, tree, self.coord)
+        out = []
+        for b in ids:
+            link = self.child(BodyLink, coord=b, name="")
+            out.append((str(b), link, link.attr(tree)))
+        if nxt is not None:
+            link = self.child(PageMoreLink, coord=nxt, name=MORE)
+            out.append((MORE, link, link.attr(tree)))
+        return out
+
+    def describe(self) -> str:
+        return f"{self.data}/labels/{self.name}"
 
 
 class BodyDir(DirEntry):
     can_vanish = True
 
     def attr(self, tree: "Tree") -> Attr:
-        self.obj.require_index(tree.core.view(self.node), self.coord)
+        body_index(tree, self)
         return super().attr(tree)
 
     def lookup(self, tree: "Tree", name: str) -> Entry:
@@ -84,11 +269,166 @@ class BodyDir(DirEntry):
     def children(self, tree: "Tree"):
         return [(n, self.child(BodyFile, name=n)) for n in BODY_FILES]
 
+    def list(self, tree: "Tree") -> list[tuple[str, Entry, Attr]]:
+        """The body's files with their sizes from one read of the index; the
+        sparsevol's size is left to `stat` (see the module docstring)."""
+        idx = body_index(tree, self)
+        out = []
+        for n in BODY_FILES:
+            f = self.child(BodyFile, name=n)
+            out.append((n, f, f.attr(tree, idx, listing=True)))
+        return out
+
+
+# ------------------------------------------------------------ bbox.json: fixed width
+_BBOX_FMT = '{\n  "MinPoint": [%11d, %11d, %11d],\n  "MaxPoint": [%11d, %11d, %11d]\n}\n'
+BBOX_SIZE = len(_BBOX_FMT % ((0,) * 6))
+
 
 def _bbox(vol, view, body) -> bytes:
     lo, hi = vol.bbox(view, body)
-    return as_json({"MinPoint": list(lo), "MaxPoint": list(hi)})
+    return (_BBOX_FMT % (*lo, *hi)).encode()
 
+
+# ------------------------------------------------------------ sizes from the index
+# Plain Python on the index's rows: a typical body has a handful, where numpy's
+# per-call overhead would cost more than the arithmetic.
+def _digits(values) -> int:
+    """Total decimal characters of integers (a minus sign counts)."""
+    return sum(len(str(v)) for v in values)
+
+
+def _block_coords(idx: LabelIndex) -> list[tuple[int, int, int]]:
+    """x, y, z of the index's blocks, in block-key order (z, y, x)."""
+    return [unpack_block(k) for k in sorted(set(idx.blocks.tolist()))]
+
+
+def blocks_json_size(idx: LabelIndex) -> int:
+    """len(as_json([[x, y, z], …])) without rendering it (json.dumps, indent=2):
+    "[\n", per block "  [\n" "    x,\n" "    y,\n" "    z\n" "  ]" (24 bytes
+    and the digits), ",\n" between blocks, "\n]" and as_json's "\n"."""
+    coords = _block_coords(idx)
+    n = len(coords)
+    if n == 0:
+        return 3  # "[]\n"
+    return 2 + 24 * n + sum(_digits(c) for c in coords) + 2 * (n - 1) + 3
+
+
+def coarse_run_count(idx: LabelIndex) -> int:
+    """Runs of DVID's sparsevol-coarse: blocks whose -x neighbour is not the body's."""
+    coords = set(_block_coords(idx))
+    return sum((x - 1, y, z) not in coords for x, y, z in coords)
+
+
+def supervoxels_size(idx: LabelIndex) -> int:
+    svs = set(idx.svs.tolist())
+    return _digits(svs) + len(svs)
+
+
+# ------------------------------------------------------------ sparsevol: counted runs
+class RunCounter:
+    """Exact run counts of bodies' sparsevols without encoding them.
+
+    A run starts at every voxel of the body whose -x neighbour is not the body's
+    (at x = 0 of a block, the last column of the -x neighbour block), so the
+    count is what `merge_runs` leaves: touching runs coalesced, across block
+    borders too, and 12 + 16 * runs is the sparsevol's exact length.  Two ways,
+    same answer:
+
+    * one body (a block seen for the first time): the masks of its
+      supervoxels (from the index) in the blocks its index names, nothing else
+      read;
+    * every body of a block at once (a block asked about a second time, as a
+      walk in id order does): the block mapped to bodies once, {body: runs
+      starting here} kept per (instance, version, write generation, block),
+      so the block's other bodies cost a dictionary look-up."""
+
+    def __init__(self, budget: int = 64 << 20):
+        self.blocks = LRUCache(budget, sizeof=lambda d: 100 + 60 * len(d))
+        self._seen: dict = {}
+        self._lock = threading.Lock()
+        self.analysed = 0   # blocks analysed for all their bodies (tests, benchmarks)
+
+    def runs(self, vol, view, body: int, idx: LabelIndex) -> int:
+        view = vol.as_view(view)
+        gen = vol.generation(view)   # before the snapshot (see BlockVolume.iter_blocks)
+        total, alone = 0, []
+        with vol.engine.snapshot() as snap:
+            mapping = None
+            for c in _block_coords(idx):
+                key = (vol.inst.id, view.version, gen, *c)
+                starts = self.blocks.get(key)
+                if starts is None:
+                    with self._lock:
+                        again = self._seen.pop(key, None) is not None
+                        if not again:
+                            if len(self._seen) > 100_000:
+                                self._seen.clear()
+                            self._seen[key] = True
+                    if not again:
+                        alone.append(c)
+                        continue
+                    if mapping is None:
+                        mapping = vol.mapping(view, snap)
+                    starts = self._analyse(vol, snap, view, gen, mapping, c)
+                    self.blocks.put(key, starts)
+                total += starts.get(body, 0)
+            if alone:
+                total += self._one_body(vol, snap, view, gen, idx, alone)
+        return total
+
+    @staticmethod
+    def _block(vol, snap, view, gen, bcoord):
+        """A decoded block through the shared block cache, or None."""
+        box = vol.grid.block_box(bcoord)
+        return next((b for _, b in vol.iter_blocks(snap, view, box, gen)), None)
+
+    def _one_body(self, vol, snap, view, gen, idx: LabelIndex, coords) -> int:
+        svs = {unpack_block(k): v for k, v in idx.svs_in_blocks().items()}
+
+        def mask(a, s):
+            return a == s[0] if len(s) == 1 else np.isin(a, s)
+
+        total = 0
+        for c in coords:
+            block = self._block(vol, snap, view, gen, c)
+            if block is None:
+                raise InvalidInputError(f"label index names block {c}, which is missing")
+            m = mask(block, svs[c])
+            total += int(np.count_nonzero(m[:, :, 1:] & ~m[:, :, :-1]))
+            left_c = (c[0] - 1, c[1], c[2])
+            first = m[:, :, 0]
+            if left_c in svs:               # the body has voxels next door: its last column
+                left = self._block(vol, snap, view, gen, left_c)
+                if left is not None:
+                    first = first & ~mask(left[:, :, -1], svs[left_c])
+            total += int(np.count_nonzero(first))
+        return total
+
+    def _analyse(self, vol, snap, view, gen, mapping, bcoord) -> dict[int, int]:
+        block = self._block(vol, snap, view, gen, bcoord)
+        if block is None:
+            raise InvalidInputError(f"label index names block {bcoord}, which is missing")
+        m = mapping.apply(block)
+        left = self._block(vol, snap, view, gen, (bcoord[0] - 1, bcoord[1], bcoord[2]))
+        lcol = mapping.apply(np.ascontiguousarray(left[:, :, -1])) if left is not None else 0
+        start = np.empty(m.shape, bool)
+        np.not_equal(m[:, :, 0], lcol, out=start[:, :, 0])
+        np.not_equal(m[:, :, 1:], m[:, :, :-1], out=start[:, :, 1:])
+        labels = m[start]
+        ids, counts = np.unique(labels[labels != 0], return_counts=True)
+        self.analysed += 1
+        return dict(zip(ids.tolist(), counts.tolist()))
+
+
+_SIZES = {
+    "size": lambda idx: len(f"{idx.size}\n"),
+    "supervoxels": supervoxels_size,
+    "blocks.json": blocks_json_size,
+    "sparsevol-coarse": lambda idx: 12 + 16 * coarse_run_count(idx),
+    "bbox.json": lambda idx: BBOX_SIZE,
+    "split": lambda idx: 0,
+}
 
 _RENDER = {
     "sparsevol": lambda vol, view, body: vol.sparsevol(view, body),
@@ -104,16 +444,33 @@ _RENDER = {
 class BodyFile(Entry):
     rendered = True
     can_vanish = True
-    slow_attr = True  # the size of a sparsevol is known once it is computed
+
+    @property
+    def slow_attr(self) -> bool:  # type: ignore[override]
+        """Only the sparsevol's size reads blocks (worker thread); the others read the index."""
+        return self.name == "sparsevol"
+
+    @property
+    def volatile_in_listing(self) -> bool:  # type: ignore[override]
+        """A body directory's listing leaves the sparsevol's size to `stat`."""
+        return self.name == "sparsevol"
 
     @property
     def write_mode(self) -> str | None:  # type: ignore[override]
         return ON_CLOSE if self.name == "split" else None
 
-    def attr(self, tree: "Tree") -> Attr:
+    def attr(self, tree: "Tree", idx: LabelIndex | None = None, listing: bool = False) -> Attr:
+        mtime = tree.mtime(self.node)
         if self.name == "split":
-            return Attr("file", 0, not self.locked, tree.mtime(self.node), self.locked)
-        return Attr("file", len(tree.read(self)), False, tree.mtime(self.node), self.locked)
+            return Attr("file", 0, not self.locked, mtime, self.locked)
+        if idx is None:
+            idx = body_index(tree, self)
+        if self.name == "sparsevol":
+            size = 0 if listing else 12 + 16 * _caches(tree).runs.runs(self.obj, tree.core.view(self.node),
+                                                                      self.coord, idx)
+        else:
+            size = _SIZES[self.name](idx)
+        return Attr("file", size, False, mtime, self.locked)
 
     def read(self, tree: "Tree") -> bytes:
         return _RENDER[self.name](self.obj, tree.core.view(self.node), self.coord)
