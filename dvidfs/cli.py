@@ -86,19 +86,41 @@ def cmd_data_new(args) -> None:
         print(f"created {args.type} instance {args.name!r} in node {node.uuid}")
 
 
+def _imsure(args, what: str) -> None:
+    if not args.imsure:
+        raise InvalidInputError(f"refused: this deletes {what} for good, in every node; add --imsure to do it")
+
+
+def cmd_data_delete(args) -> None:
+    _imsure(args, f"data instance {args.name!r} of {args.repo!r}")
+    with _open(args) as s:
+        repo = s.repo(args.repo)
+        inst = s.delete_instance(repo, args.name, wait=True)
+        print(f"deleted {inst.typename} instance {args.name!r} of repo {repo.alias!r}")
+
+
+def cmd_repo_delete(args) -> None:
+    _imsure(args, f"repo {args.repo!r} and all its data")
+    with _open(args) as s:
+        repo = s.repo(args.repo)
+        s.delete_repo(repo, wait=True)
+        print(f"deleted repo {repo.alias!r} ({repo.root})")
+
+
 def cmd_import(args) -> None:
     from dvidfs.transfer import VolumeSource, import_volume
     with _open(args) as s:
         node = s.node(args.node)
         vol = _volume(s, node, args.data)
-        src = VolumeSource(args.source, vol.dtype)
+        src = VolumeSource(args.source, vol.dtype, args.convert)
         with _progress(src.shape[0], f"import {os.path.basename(args.source.rstrip('/'))}") as bar:
             size = import_volume(vol, node, src, args.offset, bar.update)
         print(f"imported {size[0]}x{size[1]}x{size[2]} voxels into {args.data!r} at {tuple(args.offset)}")
 
 
 def cmd_export(args) -> None:
-    from dvidfs.transfer import export_volume
+    from dvidfs.transfer import check_export_name, export_volume
+    check_export_name(args.out)   # an unknown format is refused before the store is opened
     with _open(args) as s:
         node = s.node(args.node)
         vol = _volume(s, node, args.data)
@@ -379,7 +401,12 @@ def cmd_labels_mutations(args) -> None:
 
 def cmd_mount(args) -> None:
     from dvidfs.fs.mount import mount
-    mount(args.path, args.mountpoint, foreground=args.foreground, debug=args.debug,
+    store = args.store or os.environ.get("DVIDFS_STORE")
+    if args.path and args.store and os.path.abspath(args.path) != os.path.abspath(args.store):
+        raise InvalidInputError(f"two stores given ({args.path} and -s {args.store}): mount one")
+    if not (args.path or store):
+        raise InvalidInputError("no store given: dvidfs mount STORE MNT, or -s STORE (or $DVIDFS_STORE)")
+    mount(args.path or store, args.mountpoint, foreground=args.foreground, debug=args.debug,
           config=Config.from_args(args))
 
 
@@ -395,7 +422,8 @@ def cmd_umount(args) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="dvidfs", description="Versioned connectomics volumes as a filesystem")
-    p.add_argument("-s", "--store", help="store directory (default: $DVIDFS_STORE)")
+    p.add_argument("-s", "--store", help="store directory (default: $DVIDFS_STORE); may also be given "
+                                         "after the subcommand (dvidfs import -s STORE …)")
     sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
 
     c = sub.add_parser("init", help="create an empty store")
@@ -413,6 +441,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("repo", help="repo name or any node UUID in it")
     c.add_argument("--append", action="append", metavar="TEXT", help="line to append (repeatable)")
     c.set_defaults(fn=cmd_repo_log)
+    c = repo.add_parser("delete", help="delete a repo: every node and data instance (needs --imsure)")
+    c.add_argument("repo", help="repo name or any node UUID in it")
+    c.add_argument("--imsure", action="store_true", help="yes, delete it for good")
+    c.set_defaults(fn=cmd_repo_delete)
 
     data = sub.add_parser("data", help="data instances: new").add_subparsers(dest="sub", required=True)
     c = data.add_parser("new", help="create a data instance in an open node")
@@ -423,15 +455,29 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--voxel-size", type=_fxyz, default=(8.0, 8.0, 8.0), help="x,y,z (default 8,8,8)")
     c.add_argument("--units", default="nanometers")
     c.set_defaults(fn=cmd_data_new)
+    c = data.add_parser("delete", help="delete a data instance in every node of its repo (needs --imsure)")
+    c.add_argument("repo", help="repo name or any node UUID in it")
+    c.add_argument("name")
+    c.add_argument("--imsure", action="store_true", help="yes, delete it for good")
+    c.set_defaults(fn=cmd_data_delete)
 
     c = sub.add_parser("import", help="import a folder of PNG/TIFF slices, a TIFF stack or a .npy")
     c.add_argument("node")
     c.add_argument("data")
     c.add_argument("source")
     c.add_argument("--offset", type=_xyz, default=(0, 0, 0), help="x,y,z of the first voxel")
+    conv = c.add_mutually_exclusive_group()
+    conv.add_argument("--rescale", dest="convert", action="store_const", const="rescale",
+                      help="grayscale from a 16-bit or float stack: map the stack's min..max linearly "
+                           "onto 0..255 (default: values must already be 0..255)")
+    conv.add_argument("--clip", dest="convert", action="store_const", const="clip",
+                      help="grayscale from a 16-bit or float stack: keep 0..255, saturate the rest")
     c.set_defaults(fn=cmd_import)
 
-    c = sub.add_parser("export", help="export to .npy, .tif, or a folder of PNG slices")
+    c = sub.add_parser("export", help="export to .npy, .tif, or a folder of PNG slices",
+                       description="Export a box of a volume to OUT: a .npy, a .tif/.tiff stack (with the "
+                                   "voxel size for ImageJ and tifffile), or a folder of 8-bit PNG slices "
+                                   "(a name without an extension). Other suffixes (.zarr, .h5, …) are refused.")
     c.add_argument("node")
     c.add_argument("data")
     c.add_argument("out")
@@ -558,8 +604,8 @@ def build_parser() -> argparse.ArgumentParser:
     lab_cmd("mutations", cmd_labels_mutations, "the mutation log (JSON lines)")
 
     c = sub.add_parser("mount", help="mount a store")
-    c.add_argument("path", help="store directory")
-    c.add_argument("mountpoint")
+    c.add_argument("path", nargs="?", help="store directory (default: -s STORE or $DVIDFS_STORE)")
+    c.add_argument("mountpoint", help="an existing directory (not created: a missing one is an error)")
     c.add_argument("-f", "--foreground", action="store_true", help="stay in the foreground")
     c.add_argument("--debug", action="store_true", help="log every FUSE request (implies -f)")
     Config.add_arguments(c)
@@ -598,27 +644,27 @@ def _join_negative_values(argv: list[str]) -> list[str]:
     return out
 
 
-def _hoist_store(argv: list[str]) -> list[str]:
-    """`-s STORE` is an option of `dvidfs` itself, but people write it after the
-    subcommand too (`dvidfs log em -s store`): move it to the front."""
-    out, front, i = [], [], 0
-    while i < len(argv):
-        a = argv[i]
-        if a in ("-s", "--store") and i + 1 < len(argv):
-            front += [a, argv[i + 1]]
-            i += 2
+def _store_option_everywhere(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """`-s STORE` before the subcommand or after it (`dvidfs import -s STORE …`):
+    every subcommand that opens a store takes it too, shown in its --help.  Not
+    given there, the value before the subcommand (or $DVIDFS_STORE) stands.
+    Commands whose store is a required positional (init, serve) keep that."""
+    for action in parser._actions:
+        if not isinstance(action, argparse._SubParsersAction):
             continue
-        if a.startswith("--store="):
-            front.append(a)
-        else:
-            out.append(a)
-        i += 1
-    return front + out
+        for sp in {id(sp): sp for sp in action.choices.values()}.values():
+            if not any(a.dest == "path" and a.required for a in sp._actions) \
+                    and "-s" not in sp._option_string_actions:
+                sp.add_argument("-s", "--store", default=argparse.SUPPRESS,
+                                help="store directory (default: $DVIDFS_STORE); also accepted before the "
+                                     "subcommand")
+            _store_option_everywhere(sp)
+    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    args = build_parser().parse_args(_join_negative_values(_hoist_store(argv)))
+    args = _store_option_everywhere(build_parser()).parse_args(_join_negative_values(argv))
     tune_allocator()  # slices and imports allocate in bursts: keep freed memory (dvidfs/allocator.py)
     try:
         args.fn(args)

@@ -50,6 +50,8 @@ class Config:
     leveldb_write_buffer: int = _opt(64 << 20, "LevelDB write buffer (memtable) size", "bytes")
     leveldb_block_size: int = _opt(64 << 10, "LevelDB table block size", "bytes")
     leveldb_cache: int = _opt(64 << 20, "LevelDB block cache", "bytes")
+    body_listing: int = _opt(1000, "bodies a labels/ directory (and each @more page) lists; every body "
+                                    "id resolves whether listed or not")
     http_threads: int = _opt(8, "`dvidfs serve` worker threads answering requests at once")
     http_max_body: int = _opt(1 << 30, "largest request body `dvidfs serve` accepts (bigger: 413)", "bytes")
     http_max_reply: int = _opt(1 << 30, "largest voxel reply `dvidfs serve` assembles (bigger: 400)", "bytes")
@@ -78,6 +80,8 @@ class Config:
             raise InvalidInputError("render threads must be at least 1")
         if self.http_threads < 1:
             raise InvalidInputError("http threads must be at least 1")
+        if self.body_listing < 1:
+            raise InvalidInputError("body listing must be at least 1")
         if not 0 < self.switch_interval <= 1:
             raise InvalidInputError("switch interval must be between 0 and 1 second")
 

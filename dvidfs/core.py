@@ -14,6 +14,12 @@ names and numpy arrays — never keys:
   `read_slice` (with read-ahead) and `generation` (for caches of renderings)
 * changes: `subscribe(callback)` -> unsubscribe; every applied change,
   from any front end, is published as a `Change`.
+* deletion (DVID's, guarded by the front ends): `delete_instance`,
+  `delete_repo`, `wait_deletions`.  The metadata goes in one synced batch with
+  a marker per deleted instance; a background thread then removes the data
+  keys in bounded batches and finally the marker, and resumes at the next
+  open after a crash (an instance id is never reused, so leftover keys are
+  never visible again).
 
 Concurrency: every mutation runs under `VersionDB.lock` (the DAG's and the data
 types' writers share it); reads take no lock.  Subscribers are called in the
@@ -76,6 +82,12 @@ class Change:
     node: str | None = None
     instance: str | None = None
     committed: bool = False
+    # a deletion (node None): `instance` left the repo in every node, or (no
+    # instance) the whole repo is gone; `nodes` are the repo's node UUIDs and
+    # `alias` its name as they were, since the core no longer knows them
+    deleted: bool = False
+    nodes: tuple[str, ...] = ()
+    alias: str = ""
 
 
 class Dvid:
@@ -101,6 +113,11 @@ class Dvid:
         self._objects: dict[int, DataType] = {}
         self._objects_lock = threading.Lock()
         self._subscribers: list[Callable[[Change], None]] = []
+        self._purger: threading.Thread | None = None
+        self._purge_wake = threading.Condition()
+        self._closing = False
+        if self.db.pending_deletions():  # a deletion a crash or an exit interrupted
+            self._start_purger()
 
     def _open_engine(self, create: bool) -> OrderedKV:
         """LevelDB in a store directory, or an object store for an s3:// path
@@ -125,6 +142,12 @@ class Dvid:
         return cls(path, create=True, config=config)
 
     def close(self) -> None:
+        with self._purge_wake:
+            self._closing = True
+            self._purge_wake.notify_all()
+        t = self._purger
+        if t is not None and t is not threading.current_thread():
+            t.join()  # between two bounded batches: what is left is removed at the next open
         self.engine.close()
 
     def __enter__(self) -> "Dvid":
@@ -342,6 +365,84 @@ class Dvid:
 
     def instance_info(self, node: Node, name: str) -> dict:
         return self.data(node, name).info(self.view(node))
+
+    # ------------------------------------------------------------ deletion
+    def delete_instance(self, repo: Repo, name: str, wait: bool = False) -> Instance:
+        """Delete data instance `name` of `repo` in every node (DVID's semantics:
+        the instance, not a version of it).  Its metadata goes at once, in one
+        synced batch; its data keys are removed in the background (`wait`: before
+        returning).  Front ends put a guard before this (`--imsure`, `?imsure=true`)."""
+        inst = self.db.delete_instance(repo, name)
+        self._retire([inst])
+        self._publish(Change(repo.root, None, name, deleted=True,
+                             nodes=tuple(n.uuid for n in self.repo_nodes(repo)), alias=repo.alias))
+        self._start_purger()
+        if wait:
+            self.wait_deletions()
+        return inst
+
+    def delete_repo(self, repo: Repo, wait: bool = False) -> None:
+        """Delete `repo`: every node and every instance, metadata in one synced
+        batch, data keys in the background (`wait`: before returning)."""
+        insts = list(repo.instances.values())
+        nodes = self.db.delete_repo(repo)
+        self._retire(insts)
+        self._publish(Change(repo.root, deleted=True, nodes=tuple(n.uuid for n in nodes), alias=repo.alias))
+        self._start_purger()
+        if wait:
+            self.wait_deletions()
+
+    def _retire(self, insts: list[Instance]) -> None:
+        """Objects of deleted instances refuse every later write (someone may still
+        hold one: a request or a mount entry resolved before the deletion), so
+        nothing of a deleted id is written once its keys are being removed."""
+        with self._objects_lock:
+            objs = [self._objects.pop(i.id, None) for i in insts]
+        for obj in objs:
+            if obj is not None:
+                obj.deleted = True
+
+    def pending_deletions(self) -> int:
+        """How many deleted instances still have data keys in the store."""
+        return len(self.db.pending_deletions())
+
+    def wait_deletions(self, timeout: float | None = None) -> bool:
+        """Wait until every deleted instance's keys are removed; False on timeout
+        (or when the store is closing and the rest is left for the next open)."""
+        t = self._purger
+        while t is not None:
+            t.join(timeout)
+            if t.is_alive():
+                break
+            t = self._purger if self._purger is not t else None
+        return not self.db.pending_deletions()
+
+    def _start_purger(self) -> None:
+        with self._purge_wake:
+            if self._closing or self._purger is not None:
+                return  # a running purger looks for pending deletions before it ends
+            self._purger = threading.Thread(target=self._purge, name="dvidfs-delete", daemon=True)
+            self._purger.start()
+
+    def _purge(self) -> None:
+        """Remove the data keys of every pending deletion, then end (a later
+        deletion starts another thread).  "Nothing pending" is decided under the
+        same lock `_start_purger` takes, so no deletion is left waiting."""
+        try:
+            while True:
+                with self._purge_wake:
+                    pending = {} if self._closing else self.db.pending_deletions()
+                    if not pending:
+                        self._purger = None
+                        return
+                for iid, versions in pending.items():
+                    if not self.db.purge_instance(iid, versions, stop=lambda: self._closing):
+                        break
+                    log.info("removed the data of deleted instance id %d", iid)
+        except Exception:  # the marker stays: the next open tries again
+            log.exception("removing the data of a deleted instance failed")
+            with self._purge_wake:
+                self._purger = None
 
     # ------------------------------------------------------------ data helpers shared by front ends
     def generation(self, node: Node, data: DataType) -> int:

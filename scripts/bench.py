@@ -1157,6 +1157,9 @@ def machine() -> dict:
             "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds")}
 
 
+QUICK_MARK = "n/a in --quick"   # instead of ✓/✗: a quick run's ratios judge no target
+
+
 def report(ctx: Ctx, rows: list[dict], meta: dict) -> str:
     R = ctx.R
     lines = []
@@ -1182,7 +1185,7 @@ def report(ctx: Ctx, rows: list[dict], meta: dict) -> str:
             lines.append(f"{r['name']:<58} {'-':>9}  {r['op']}{r['target']:<6g}  (not measured)")
         else:
             # a quick run's sizes are too small for the targets: show the ratio, judge nothing
-            mark = "(quick)" if ctx.cfg.quick else ("✓" if r["ok"] else "✗")
+            mark = QUICK_MARK if ctx.cfg.quick else ("✓" if r["ok"] else "✗")
             lines.append(f"{r['name']:<58} {_ratio(r):>8}×  {r['op']} {r['target']:<5g}  {mark}")
     if ctx.cfg.quick:
         lines.append("(a --quick run checks that everything runs; the targets are judged on a full run)")
@@ -1269,7 +1272,8 @@ def draw_chart(ctx: Ctx, rows: list[dict], meta: dict, path: Path) -> None:
 
     # panel 2: targets; bar = measured / target, oriented so that <= 1 is a pass
     y = 60 + h1
-    d.text((20, y), "targets: measured relative to target (bar left of the line = met)", fill="black", font=fb)
+    d.text((20, y), "targets: measured relative to target " + ("(a --quick run judges none)" if ctx.cfg.quick else
+                    "(bar left of the line = met)"), fill="black", font=fb)
     y += 34
     x1, scale_max = left + 200, 3.0
     width = W - x1 - 260
@@ -1282,10 +1286,12 @@ def draw_chart(ctx: Ctx, rows: list[dict], meta: dict, path: Path) -> None:
             d.text((x1, y + 3), "not measured", fill="gray", font=fs)
         else:
             rel = r["ratio"] / r["target"] if r["op"] == "<=" else r["target"] / max(r["ratio"], 1e-12)
-            color = (44, 160, 44) if r["ok"] else (214, 39, 40)
+            # a quick run judges nothing: neutral grey bars, no ✓/✗
+            color = (170, 170, 170) if ctx.cfg.quick else (44, 160, 44) if r["ok"] else (214, 39, 40)
+            mark = f" {QUICK_MARK}" if ctx.cfg.quick else (" ✓" if r["ok"] else " ✗")
             d.rectangle([x1, y + 4, max(x1 + 1, xs(rel)), y + 20], fill=color)
             d.text((xs(rel) + 6, y + 4), f"{_ratio(r)}× ({r['op']} {r['target']:g})"
-                   + (" ✓" if r["ok"] else " ✗") + (" (bar clipped)" if rel > scale_max else ""),
+                   + mark + (" (bar clipped)" if rel > scale_max else ""),
                    fill="black", font=fs)
         y += 26
     d.line([xs(1.0), 60 + h1 + 30, xs(1.0), y], fill="black", width=2)

@@ -47,6 +47,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
+from dvidfs.config import Config  # noqa: E402
 from dvidfs.core import Dvid  # noqa: E402
 from dvidfs.fs import bodies as fsbodies  # noqa: E402
 from dvidfs.fs.tree import Tree  # noqa: E402
@@ -156,7 +157,7 @@ def main() -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="run-", dir=out_dir))
     res: dict = {"meta": {"bodies_asked": args.bodies, "quick": args.quick,
-                          "listing_limit": fsbodies.listing_limit(), "nproc": os.cpu_count()},
+                          "listing_limit": Config.load().body_listing, "nproc": os.cpu_count()},
                  "measurements": {}}
     m = res["measurements"]
     try:
@@ -249,7 +250,7 @@ def main() -> int:
         res["meta"]["walk_bodies"] = listed
         (out_dir / "bodies.json").write_text(json.dumps(res, indent=2))
         w = max(len(k) for k in list(m) + list(res["ratios"]))
-        print(f"bodies: {n}  listing limit: {fsbodies.listing_limit()}  "
+        print(f"bodies: {n}  listing limit: {Config.load().body_listing}  "
               f"ls labels/ entries: {listed}  find files: {res['meta']['find_labels_files']}")
         for k, v in m.items():
             print(f"  {k:<{w}}  {v:12.3f}")

@@ -46,7 +46,8 @@ def test_every_field_has_a_flag_and_flags_round_trip():
     Config.add_arguments(parser)
     want = Config(block_cache=3 << 20, render_cache=5 << 20, readahead=0, render_threads=2,
                   switch_interval=0.002, leveldb_write_buffer=8 << 20, leveldb_block_size=16 << 10,
-                  leveldb_cache=32 << 20, http_threads=3, http_max_body=7 << 20, http_max_reply=9 << 20)
+                  leveldb_cache=32 << 20, body_listing=50, http_threads=3, http_max_body=7 << 20,
+                  http_max_reply=9 << 20)
     assert all(getattr(want, f.name) != f.default for f in dataclasses.fields(Config))
     args = parser.parse_args(want.to_args())  # what the background mount passes its child
     assert Config.from_args(args) == want

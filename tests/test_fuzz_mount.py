@@ -1187,11 +1187,22 @@ class Fuzzer:
         m = self.m
 
         def want():
-            return ent[0] == "plane" and (m.child(ent, name) or ("",))[0] == "temp"
+            if ent[0] != "plane":
+                return False
+            c = m.child(ent, name) or ("",)
+            # rm of a slice in an open node's stored plane: the slice becomes background
+            return c[0] == "temp" or (c[0] == "slice" and not m.locked(ent) and not ent[3].endswith("-rgb"))
         w = self.want(want)
         r = self.sys(f"unlink {path + b'/' + s.name!r}", w, os.unlink, path + b"/" + s.name)
         if w and not isinstance(r, Failed):
-            m.temps[m.tkey(ent)].pop(name)
+            c = m.child(ent, name)
+            if c[0] == "temp":
+                m.temps[m.tkey(ent)].pop(name)
+            else:
+                _, n, inst, plane, coord = c
+                vol = m.data(n, inst)
+                vol.put(plane, coord, np.zeros(vol.shape(plane), vol.arr.dtype))
+                n.wrote = True
 
     def _Rename(self, s: Rename) -> None:
         ent, path = self.dir(s.dir)
@@ -1751,6 +1762,8 @@ def fuzz_mount(tmp_path):
 # ---------------------------------------------------------------------------- the fuzz
 @FUZZ
 @given(steps=st.lists(NAMESPACE_STEPS, min_size=1, max_size=10))
+@example(steps=[Unlink(("W", "gray", "xy"), b"00003.png"), Unlink(("W", "seg", "xy"), b"xy0003.tif"),
+                Unlink(("W", "seg", "xy-rgb"), b"00004.png"), Unlink(("R", "gray", "xy"), b"00003.png")])
 def test_fuzz_names(fuzz_mount, steps):
     """Random names looked up, created, renamed, unlinked, mkdir'ed in every directory kind."""
     fuzz_mount(pool=110).example(steps)

@@ -425,7 +425,7 @@ def _labels_store(path, lab, commit=True):
 def test_label_views_read_by_pillow_exactly(tmp_path):
     """`xy-fiji/` (32-bit float TIFF) holds the ids themselves, `xy-rgb/` their
     colours; Pillow reads both (it cannot read `xy/`'s uint64)."""
-    from dvidfs.formats.images import label_colors, label_float_tiff_size
+    from dvidfs.formats.images import label_colors, label_float_tiff_size, voxel_spec
     lab = _small_ids()
     _labels_store(tmp_path / "store", lab)
     with mounted(tmp_path / "store", tmp_path / "mnt"):
@@ -435,7 +435,8 @@ def test_label_views_read_by_pillow_exactly(tmp_path):
         for plane, coord, expect in (("xy", oz + 2, lab[2]), ("xz", oy + 5, lab[:, 5, :]),
                                      ("yz", ox + 16, lab[:, :, 16])):
             p = d / f"{plane}-fiji/{coord:05d}.tif"
-            assert os.stat(p).st_size == label_float_tiff_size(expect.shape[1], expect.shape[0])
+            voxel = voxel_spec((8, 8, 8), "nanometers")   # the instance's (isotropic): tagged in the TIFF
+            assert os.stat(p).st_size == label_float_tiff_size(expect.shape[1], expect.shape[0], voxel)
             with Image.open(p) as im:
                 assert im.mode == "F"
                 got = np.asarray(im)

@@ -199,6 +199,7 @@ class Labels(BlockVolume):
 
     # ------------------------------------------------------------ mapping
     def mapping(self, view: VersionView, reader: Reader | None = None) -> Mapping:
+        view = self.as_view(view)
         v = view.version
         m = self._maps.get(v)
         if m is not None:
@@ -305,6 +306,7 @@ class Labels(BlockVolume):
         return struct.unpack("<Q", v)[0] if v else 0
 
     def max_label(self, view: VersionView, reader: Reader | None = None) -> int:
+        view = self.as_view(view)
         v = versioned.get(reader or self.engine, self.inst.id, MAXLABEL_TKEY, view)
         return struct.unpack("<Q", v)[0] if v else 0
 

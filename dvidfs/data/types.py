@@ -91,6 +91,9 @@ class DataType:
         self.db = ctx.db
         self.engine = ctx.db.engine
         self.inst = inst
+        # set by the core when the instance is deleted: whoever still holds this
+        # object (a request, a mount entry) can no longer write through it
+        self.deleted = False
 
     @classmethod
     def make_config(cls, **options) -> dict:
@@ -111,6 +114,8 @@ class DataType:
     def check_writable(self, node: Node) -> None:
         """Every write of every type starts here: the node must be open and the
         instance must exist there (it was created in an ancestor)."""
+        if self.deleted:
+            raise NotFoundError(f"data instance {self.inst.name!r} was deleted")
         if node.locked:
             raise ReadOnlyError(f"node {node.uuid} is committed (read-only); make a child node with "
                                 "`branch` to change data")

@@ -628,18 +628,36 @@ class BlockVolume(DataType):
 
     def delete(self, node: Node, offset: XYZ, size: XYZ) -> None:
         """Delete a box: whole blocks inside it get tombstones (ancestors keep
-        their copies), partial blocks on its border are zeroed."""
+        their copies), partial blocks on its border are zeroed (and get a
+        tombstone too when nothing but zeros is left)."""
         box = Box.from_offset_size(offset, size)
         with self.staged_write(node) as (batch, snap, view):
-            for bcoord, old in list(self.iter_blocks(snap, view, box)):
-                bbox = self.grid.block_box(bcoord)
-                part = bbox.intersect(box)
-                if part == bbox:
-                    self.stage_delete(batch, node, bcoord, old)
-                else:
-                    new = old.copy()
-                    new[part.slices_in(bbox)] = 0
+            self._stage_delete_box(batch, snap, node, view, box)
+
+    def delete_slice(self, node: Node, name: str, coord: int) -> None:
+        """`rm` of a slice: its voxels, across the extents, become background (0)
+        in `node` only, in one atomic batch (labels keep their index, pyramid
+        levels follow).  The extents stay, so the slice is still there, all zeros."""
+        p = plane(name)
+        with self.staged_write(node) as (batch, snap, view):
+            ext = self.extents(view, snap)
+            if ext is None or not ext.lo[p.fixed] <= coord < ext.hi[p.fixed]:
+                raise NotFoundError(f"no {name} slice {coord} in {self.inst.name!r}")
+            self._stage_delete_box(batch, snap, node, view, p.box(ext, coord))
+
+    def _stage_delete_box(self, batch: Batch, snap: Reader, node: Node, view: VersionView, box: Box) -> None:
+        for bcoord, old in list(self.iter_blocks(snap, view, box)):
+            bbox = self.grid.block_box(bcoord)
+            part = bbox.intersect(box)
+            if part == bbox:
+                self.stage_delete(batch, node, bcoord, old)
+            else:
+                new = old.copy()
+                new[part.slices_in(bbox)] = 0
+                if new.any():
                     self.stage_block(batch, node, bcoord, old, new)
+                else:  # wholly emptied: a tombstone, as a deleted block
+                    self.stage_delete(batch, node, bcoord, old)
 
     def stage_delete(self, batch: Batch, node: Node, bcoord: XYZ, old: np.ndarray) -> None:
         versioned.delete(batch, self.inst.id, self.block_tkey(bcoord), node.version_id)
@@ -674,6 +692,7 @@ class BlockVolume(DataType):
 
     # ---------------------------------------------------------------- info
     def info(self, view: VersionView) -> dict:
+        view = self.as_view(view)   # a Node works too
         ext = self.extents(view)
         cfg = self.inst.config
         base = super().info(view)["Base"]

@@ -34,8 +34,12 @@ Pure functions, no I/O.  Four jobs:
   uncompressed single-page TIFF via tifffile.  tifffile writes the IFD and
   tag values first and the pixel strip last, and none of the tags depend on
   pixel values, so the size is ``overhead(dtype, resolution) + H*W*itemsize``;
-  the overhead is measured once per (dtype, resolution) by encoding a 1x1
+  the overhead is measured once per (dtype, voxel size) by encoding a 1x1
   image, and ``encode_tiff`` checks every result against ``tiff_size``.
+  The voxel size (``voxel_spec``: an instance's VoxelSize/VoxelUnits in the
+  slice's axes) goes into XResolution/YResolution/ResolutionUnit and, for
+  ImageJ's types, ``unit=``/``spacing=`` (the depth) in the ImageDescription,
+  so ImageJ/Fiji and tifffile show it; those tags have fixed-size values.
 
 * **Viewing labels** (``encode_pseudocolor_png``): a stable RGB colour per
   uint64 label id from a fixed integer hash, label 0 black.
@@ -71,6 +75,8 @@ __all__ = [
     "FLOAT_EXACT_MAX",
     "label_float_tiff_size",
     "encode_label_float_tiff",
+    "voxel_spec",
+    "tiff_voxel_kwargs",
 ]
 
 # --------------------------------------------------------------------------
@@ -381,6 +387,38 @@ _CLASSIC_TIFF_LIMIT = 2**32 - 2**25    # above this tifffile would switch to Big
 _RES_MIN_NM, _RES_MAX_NM = 0.01, 1e9
 
 
+# Length units (DVID's VoxelUnits spellings and short forms) in nanometres:
+# a known unit is converted so every TIFF says nm; any other is kept as named.
+_UNIT_NM = {"nanometers": 1.0, "nanometer": 1.0, "nanometres": 1.0, "nanometre": 1.0, "nm": 1.0,
+            "micrometers": 1e3, "micrometer": 1e3, "micrometres": 1e3, "micrometre": 1e3,
+            "microns": 1e3, "micron": 1e3, "um": 1e3, "\u00b5m": 1e3, "\u03bcm": 1e3,
+            "millimeters": 1e6, "millimeter": 1e6, "millimetres": 1e6, "millimetre": 1e6, "mm": 1e6,
+            "angstroms": 0.1, "angstrom": 0.1, "picometers": 1e-3, "pm": 1e-3}
+
+
+def voxel_spec(voxel_size, units, width_axis: int = 0, height_axis: int = 1, depth_axis: int = 2,
+               scale: int = 0) -> tuple[float, float, float, str] | None:
+    """(pixel width, pixel height, depth, unit) of a slice for its TIFF tags,
+    from an instance's VoxelSize (x, y, z) and VoxelUnits: the sizes along the
+    image's width, height and fixed axes, times 2**scale for a pyramid level.
+    Known length units are converted to nm.  None (no voxel tags) when the
+    sizes are missing or out of the range a TIFF rational holds."""
+    try:
+        sizes = [float(v) * 2 ** int(scale) for v in voxel_size]
+        w, h, d = sizes[width_axis], sizes[height_axis], sizes[depth_axis]
+    except (TypeError, ValueError, IndexError):
+        return None
+    name = str(units or "").strip()
+    factor = _UNIT_NM.get(name.lower())
+    if factor is not None:
+        w, h, d, name = w * factor, h * factor, d * factor, "nm"
+    # ImageJ reads `key=value` lines: a unit is one printable word or phrase
+    name = "".join(c for c in name if c.isascii() and c.isprintable() and c not in "=\\")[:32].strip() or "pixel"
+    if not all(_RES_MIN_NM <= v <= _RES_MAX_NM for v in (w, h, d)):   # also refuses NaN
+        return None
+    return (w, h, d, name)
+
+
 def _norm_resolution(resolution_nm) -> tuple[float, float] | None:
     if resolution_nm is None:
         return None
@@ -396,6 +434,22 @@ def _norm_resolution(resolution_nm) -> tuple[float, float] | None:
     return (x, y)
 
 
+def _norm_spec(resolution_nm, voxel) -> tuple | None:
+    """The one hashable key of a TIFF's voxel tags: (x, y, depth or None, unit)."""
+    if voxel is not None:
+        try:
+            w, h, d, unit = voxel
+            spec = (float(w), float(h), None if d is None else float(d), str(unit))
+        except (TypeError, ValueError):
+            raise InvalidInputError(f"voxel must be (x, y, depth, unit), got {voxel!r}") from None
+        if not all(_RES_MIN_NM <= v <= _RES_MAX_NM for v in spec[:3] if v is not None):
+            raise InvalidInputError(f"voxel sizes must be between {_RES_MIN_NM:g} and {_RES_MAX_NM:g}, "
+                                    f"got {spec[:3]}")
+        return spec
+    res = _norm_resolution(resolution_nm)
+    return None if res is None else (res[0], res[1], None, "nm")
+
+
 def _tiff_dtype(dtype) -> np.dtype:
     dt = np.dtype(dtype)
     if dt.kind not in "uif" or dt.itemsize > 8:
@@ -403,41 +457,54 @@ def _tiff_dtype(dtype) -> np.dtype:
     return dt.newbyteorder("=")
 
 
-def _write_tiff(img: np.ndarray, res: tuple[float, float] | None) -> bytes:
+def tiff_voxel_kwargs(dtype, spec, imagej: bool | None = None) -> dict:
+    """tifffile.imwrite keyword arguments that carry the voxel size `spec`
+    ((x, y, depth or None, unit) as from ``voxel_spec``): ImageJ's resolution in
+    pixels per unit with ``unit``/``spacing`` in its description (uint8, uint16,
+    float32), else baseline XResolution/YResolution in pixels per centimetre
+    (ResolutionUnit NONE where the unit is not a length)."""
+    imagej = np.dtype(dtype) in _IMAGEJ_DTYPES if imagej is None else imagej
+    kwargs: dict = {"imagej": True, "metadata": {}} if imagej else {"metadata": None}
+    if spec is None:
+        return kwargs
+    x, y, z, unit = spec
+    if imagej:
+        # ImageJ: resolution in pixels per unit, unit (and z spacing) named in the description
+        kwargs["resolution"] = (1.0 / x, 1.0 / y)
+        kwargs["metadata"] = {"unit": unit} if z is None else {"unit": unit, "spacing": z}
+    elif unit == "nm":
+        # Plain TIFF (ImageJ has no 64-bit integers): the baseline TIFF resolution
+        # unit closest to nm is the centimetre.
+        kwargs["resolution"] = (1e7 / x, 1e7 / y)
+        kwargs["resolutionunit"] = "CENTIMETER"
+    else:
+        kwargs["resolution"] = (1.0 / x, 1.0 / y)
+        kwargs["resolutionunit"] = "NONE"
+    return kwargs
+
+
+def _write_tiff(img: np.ndarray, spec: tuple | None) -> bytes:
     import tifffile
 
     kwargs: dict = dict(byteorder="<", bigtiff=False, photometric="minisblack",
                         compression=None)
-    if img.dtype in _IMAGEJ_DTYPES:
-        kwargs["imagej"] = True
-        if res is not None:
-            # ImageJ: resolution in pixels per unit, unit named in the description
-            kwargs["resolution"] = (1.0 / res[0], 1.0 / res[1])
-            kwargs["metadata"] = {"unit": "nm"}
-        else:
-            kwargs["metadata"] = {}
-    else:
-        # Plain TIFF (ImageJ has no 64-bit integers): no JSON description; the
-        # baseline TIFF resolution unit closest to nm is the centimetre.
-        kwargs["metadata"] = None
-        if res is not None:
-            kwargs["resolution"] = (1e7 / res[0], 1e7 / res[1])
-            kwargs["resolutionunit"] = "CENTIMETER"
+    kwargs.update(tiff_voxel_kwargs(img.dtype, spec))
     buf = io.BytesIO()
     tifffile.imwrite(buf, img, **kwargs)
     return buf.getvalue()
 
 
 @functools.lru_cache(maxsize=64)
-def _tiff_overhead(dtype: np.dtype, res: tuple[float, float] | None) -> int:
+def _tiff_overhead(dtype: np.dtype, spec: tuple | None) -> int:
     """Bytes of a TIFF that are not pixel data; independent of the shape (all
     tags have fixed-size values and the single strip comes last)."""
-    return len(_write_tiff(np.zeros((1, 1), dtype=dtype), res)) - dtype.itemsize
+    return len(_write_tiff(np.zeros((1, 1), dtype=dtype), spec)) - dtype.itemsize
 
 
-def tiff_size(width: int, height: int, dtype, resolution_nm: tuple[float, float] | None = None) -> int:
+def tiff_size(width: int, height: int, dtype, resolution_nm: tuple[float, float] | None = None,
+              *, voxel: tuple | None = None) -> int:
     """Exact byte length of ``encode_tiff`` output for a ``height`` x ``width``
-    image of ``dtype``."""
+    image of ``dtype`` (with the same ``resolution_nm`` / ``voxel``)."""
     try:
         w, h = operator.index(width), operator.index(height)
     except TypeError:
@@ -448,25 +515,28 @@ def tiff_size(width: int, height: int, dtype, resolution_nm: tuple[float, float]
     nbytes = w * h * dt.itemsize
     if nbytes > _CLASSIC_TIFF_LIMIT:
         raise InvalidInputError(f"{w}x{h} {dt} image is too large for a TIFF slice")
-    return _tiff_overhead(dt, _norm_resolution(resolution_nm)) + nbytes
+    return _tiff_overhead(dt, _norm_spec(resolution_nm, voxel)) + nbytes
 
 
-def encode_tiff(img: np.ndarray, resolution_nm: tuple[float, float] | None = None) -> bytes:
+def encode_tiff(img: np.ndarray, resolution_nm: tuple[float, float] | None = None,
+                *, voxel: tuple | None = None) -> bytes:
     """Encode a 2-D array as an uncompressed single-page little-endian TIFF.
 
     uint8, uint16 and float32 get ImageJ metadata (so Fiji shows the pixel size
-    when ``resolution_nm`` = (x_nm, y_nm) per pixel is given); other integer and
-    float types, notably uint64 labels, are written as a plain TIFF with the
-    resolution in pixels per centimetre.  The result is exactly
-    ``tiff_size(W, H, img.dtype, resolution_nm)`` bytes long.
+    when ``resolution_nm`` = (x_nm, y_nm) per pixel is given, and also the
+    depth with ``voxel`` = (x, y, depth, unit) from ``voxel_spec``, which takes
+    precedence); other integer and float types, notably uint64 labels, are
+    written as a plain TIFF with the resolution in pixels per centimetre.  The
+    result is exactly ``tiff_size(W, H, img.dtype, resolution_nm, voxel=voxel)``
+    bytes long.
     """
     img = np.asarray(img)
     if img.ndim != 2:
         raise InvalidInputError(f"TIFF slices must be 2-D, got shape {img.shape}")
     h, w = img.shape
-    expected = tiff_size(w, h, img.dtype, resolution_nm)   # validates dtype/size/res
+    expected = tiff_size(w, h, img.dtype, resolution_nm, voxel=voxel)   # validates dtype/size/res
     img = img.astype(img.dtype.newbyteorder("="), copy=False)
-    data = _write_tiff(img, _norm_resolution(resolution_nm))
+    data = _write_tiff(img, _norm_spec(resolution_nm, voxel))
     if len(data) != expected:   # the stat size contract; a tifffile change would break it
         raise RuntimeError(f"encode_tiff wrote {len(data)} bytes but tiff_size promised {expected}")
     return data
@@ -525,16 +595,16 @@ def encode_pseudocolor_png(labels: np.ndarray) -> bytes:
 FLOAT_EXACT_MAX = 1 << 24    # float32 holds every integer 0..2**24 exactly
 
 
-def label_float_tiff_size(width: int, height: int) -> int:
+def label_float_tiff_size(width: int, height: int, voxel: tuple | None = None) -> int:
     """Exact byte length of ``encode_label_float_tiff`` output."""
-    return tiff_size(width, height, np.float32)
+    return tiff_size(width, height, np.float32, voxel=voxel)
 
 
-def encode_label_float_tiff(labels: np.ndarray) -> bytes:
+def encode_label_float_tiff(labels: np.ndarray, voxel: tuple | None = None) -> bytes:
     """32-bit float TIFF (ImageJ's metadata) of a 2-D label slice: each pixel
     its label id, exactly, where the id is at most ``FLOAT_EXACT_MAX``, and NaN
     where it is larger (a float32 would round it to a neighbouring id).
-    Exactly ``label_float_tiff_size(W, H)`` bytes long."""
+    Exactly ``label_float_tiff_size(W, H, voxel)`` bytes long."""
     labels = np.asarray(labels)
     if labels.ndim != 2:
         raise InvalidInputError(f"label slices must be 2-D, got shape {labels.shape}")
@@ -544,4 +614,4 @@ def encode_label_float_tiff(labels: np.ndarray) -> bytes:
         raise InvalidInputError(f"labels must be non-negative, got {int(labels.min())}")
     out = labels.astype(np.float32)
     out[labels > FLOAT_EXACT_MAX] = np.nan
-    return encode_tiff(out)
+    return encode_tiff(out, voxel=voxel)

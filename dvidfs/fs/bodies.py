@@ -12,7 +12,8 @@ Shown for every instance whose type offers "bodies".
 **What `labels/` lists.**  A real segmentation has 10⁶–10⁸ bodies: no tool
 walking a node (`find`, `du`, `rsync -a`, `cp -r`) should have to visit them
 all, and an `ls` should not scan them all.  So `labels/` lists at most
-`listing_limit()` bodies (1,000 unless `DVIDFS_BODY_LISTING` says otherwise),
+`Config.body_listing` bodies (1,000; `dvidfs mount --body-listing N` or
+`DVIDFS_BODY_LISTING`),
 the smallest ids in ascending order (DVID's `listlabels` order), read with a
 keys-only scan that stops at the bound: a listing costs O(bound), whatever the
 number of bodies.  Every body is still reachable by id: `labels/<id>/` works
@@ -50,7 +51,6 @@ files: sizes come from the label index alone, except the sparsevol's.
 from __future__ import annotations
 
 import json
-import os
 import re
 import threading
 from collections.abc import Sequence
@@ -71,15 +71,11 @@ _ID_RE = re.compile(r"[0-9]{1,20}")
 MAX_LABEL = 2**64 - 1
 MORE = "@more"
 PAGE_PREFIX = "@from-"
-DEFAULT_LISTING_LIMIT = 1_000
 
 
-def listing_limit() -> int:
-    """How many bodies `labels/` (and each page) lists: $DVIDFS_BODY_LISTING, else 1,000."""
-    try:
-        return max(1, int(os.environ.get("DVIDFS_BODY_LISTING", DEFAULT_LISTING_LIMIT)))
-    except ValueError:
-        return DEFAULT_LISTING_LIMIT
+def listing_limit(tree: "Tree") -> int:
+    """How many bodies `labels/` (and each page) lists: the mount's `body_listing`."""
+    return tree.core.config.body_listing
 
 
 def parse_label_id(text: str) -> int | None:
@@ -120,10 +116,10 @@ def _caches(tree: "Tree") -> _BodyCaches:
 
 
 def _page(e: Entry, tree: "Tree", start: int) -> tuple[list[int], int | None]:
-    """Up to listing_limit() body ids >= start, and the id the next page starts at
+    """Up to listing_limit(tree) body ids >= start, and the id the next page starts at
     (None when none is left): one keys-only scan of limit + 1 keys, remembered
     per write generation (a page's symlinks are looked up one by one)."""
-    limit = listing_limit()
+    limit = listing_limit(tree)
     gen = tree.core.generation(e.node, e.obj)
     key = (e.obj.inst.id, e.node.version_id, gen, start, limit)
     cache = _caches(tree).pages
@@ -226,7 +222,7 @@ class BodyLink(Entry):
 
 
 class PageDir(DirEntry):
-    """`@from-<id>/`: up to listing_limit() bodies with ids >= <id>, as symlinks."""
+    """`@from-<id>/`: up to listing_limit(tree) bodies with ids >= <id>, as symlinks."""
     can_vanish = True
 
     def lookup(self, tree: "Tree", name: str) -> Entry:

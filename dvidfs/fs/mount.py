@@ -139,9 +139,14 @@ def fuse_mounted(store: Dvid, mountpoint: str, debug: bool = False) -> Iterator[
 
 
 async def fuse_main(ops: DvidOperations) -> None:
-    """Answer FUSE requests until `pyfuse3.terminate()` or an unmount."""
+    """Answer FUSE requests until `pyfuse3.terminate()` or an unmount; then
+    the name-invalidation worker ends, while the FUSE session still exists."""
     ops.attach()
-    await pyfuse3.main()
+    try:
+        await pyfuse3.main()
+    finally:
+        with trio.CancelScope(shield=True):
+            await trio.to_thread.run_sync(ops.names.close)
 
 
 async def _serve(ops: DvidOperations, signals: bool = True) -> None:

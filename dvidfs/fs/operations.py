@@ -44,9 +44,11 @@ from dvidfs.core import Change
 from dvidfs.errors import DvidfsError, InvalidInputError, NotFoundError, ReadOnlyError, TooLargeError
 from dvidfs.fs.entry import NOW, ON_CLOSE, Attr, Entry
 from dvidfs.fs.inodes import InodeTable
-from dvidfs.fs.nodes import CTRL_DIR, ROOT, ControlDir
+from dvidfs.fs.invalidation import EntryInvalidator
+from dvidfs.fs.nodes import CTRL_DIR, ROOT, ControlDir, NodeDir
 from dvidfs.fs.tree import Tree
-from dvidfs.fs.volumes import is_temp_name, parse_slice_name
+from dvidfs.fs.volumes import PlaneDir, is_temp_name, parse_slice_name
+from dvidfs.store.cache import LRUCache
 from dvidfs.timestamps import iso
 
 log = logging.getLogger("dvidfs.fs")
@@ -55,6 +57,12 @@ IMMUTABLE_TIMEOUT = 3600.0
 RENAME_NOREPLACE, RENAME_EXCHANGE = 1, 2   # renameat2 flags
 MAX_COMMAND = 1 << 20   # a command file's text (a note, log lines)
 BLKSIZE = 128 * 1024
+
+
+class PermissionRefused(DvidfsError):
+    """Refused by the mount's guards (recursive removal of volumes and instances)."""
+
+    errno = errno.EPERM
 
 
 @dataclass
@@ -125,6 +133,7 @@ class DvidOperations(pyfuse3.Operations):
         self._changes: list[Change] = []
         self._drain_lock = trio.Lock()
         self._unsubscribe = tree.core.subscribe(self._on_change)
+        self.names = EntryInvalidator()   # dentries dropped by a worker thread (fs/invalidation.py)
         # Renders take turns in one worker thread.  A grayscale slice still holds
         # the GIL for most of its time (the LevelDB cursor calls and value copies,
         # 1,024 per 1024² slice; only the decode + copy runs without it), so two
@@ -134,6 +143,7 @@ class DvidOperations(pyfuse3.Operations):
 
     def close(self) -> None:
         self._unsubscribe()
+        self.names.close()
         for h in self.handles.values():  # before the store closes: streams may hold snapshots
             if h.stream is not None:
                 h.stream.close()
@@ -232,7 +242,7 @@ class DvidOperations(pyfuse3.Operations):
         worker thread (no inode lock is held by our requests and there is no
         writeback cache, so this cannot deadlock); names (dentries), whose
         invalidation takes the parent directory's lock (pyfuse3#2), go through
-        pyfuse3's own asynchronous queue, only for entries that can disappear."""
+        a worker thread (fs/invalidation.py), only for entries that can disappear."""
         inos, names = [], []
         for ino in set(candidates):
             entry = self.inodes.entry(ino)
@@ -243,7 +253,7 @@ class DvidOperations(pyfuse3.Operations):
         if inos:
             await trio.to_thread.run_sync(_invalidate_inodes, inos)
         for parent, name in names:
-            pyfuse3.invalidate_entry_async(parent, name, ignore_enoent=True)
+            self.names.submit(parent, name)
 
     def attach(self) -> None:
         """Start following the core's changes; call on the trio thread that serves."""
@@ -285,6 +295,9 @@ class DvidOperations(pyfuse3.Operations):
         """Exactly what a change can affect, found through the inode table's
         indexes (never a scan of every inode)."""
         inodes = self.inodes
+        if c.deleted:
+            await self._forget_deleted(c)
+            return
         if c.node is None:  # a new repo: the top directory
             await self._invalidate(inodes.of_instance("", ""), lambda x: x is ROOT)
             return
@@ -300,6 +313,31 @@ class DvidOperations(pyfuse3.Operations):
         own = inodes.of_node(c.node) if c.committed else inodes.of_instance(c.node, "")
         candidates = [*own, *inodes.of_instance("", ""), *inodes.node_level]
         await self._invalidate(candidates, lambda x: x.uuid == c.node or x.repo == alias)
+
+    async def _forget_deleted(self, c: Change) -> None:
+        """A deleted instance (every node of its repo) or repo: its inodes are
+        invalidated and dropped from the table, with their names, so the kernel
+        asks again and gets ENOENT, and a new instance of the same name gets new
+        inodes (never an entry holding the deleted instance's object); the node
+        directories, repo directory and root are invalidated (their listings)."""
+        inodes = self.inodes
+        if c.instance is not None:
+            gone = [ino for u in c.nodes for ino in inodes.of_instance(u, c.instance)]
+            stays = [ino for u in c.nodes for ino in inodes.of_instance(u, "")]
+        else:
+            gone = [ino for u in c.nodes for ino in inodes.of_node(u)]
+            gone += [ino for ino in inodes.of_instance("", "")
+                     if (e := inodes.entry(ino)) is not None and e is not ROOT and e.repo == c.alias]
+            stays = [inodes.root_ino]
+        names = [inodes.parent_of[ino] for ino in gone if ino in inodes.parent_of]
+        await trio.to_thread.run_sync(_invalidate_inodes, [*gone, *stays])
+        for parent, name in names:
+            self.names.submit(parent, name)
+        for ino in gone:
+            inodes.forget(ino, 1 << 62, lambda _: False)
+        # renderings are cached by path and write generation, and a new instance
+        # of the same name counts its generations from 0 again: start afresh
+        self.tree.cache = LRUCache(self.tree.cache.budget)
 
     def _remember(self, parent_inode: int, name: bytes, e: Entry) -> int:
         return self.inodes.remember(parent_inode, name, e)
@@ -540,7 +578,7 @@ class DvidOperations(pyfuse3.Operations):
             # created and never stored: the name must not outlive its last handle
             self.pending_slices.discard(h.entry)
             if h.ino in self.inodes.parent_of:
-                pyfuse3.invalidate_entry_async(*self.inodes.parent_of[h.ino], ignore_enoent=True)
+                self.names.submit(*self.inodes.parent_of[h.ino])
 
     async def fsync(self, fh, datasync):
         await self.flush(fh)
@@ -681,11 +719,50 @@ class DvidOperations(pyfuse3.Operations):
         if s is not None:
             self.scratch_ino.pop(s.ino, None)
             return
+        if isinstance(parent, PlaneDir):
+            await self._remove_slice(parent_inode, parent, sname)
+            return
         raise pyfuse3.FUSEError(errno.EROFS if parent.locked else errno.EPERM)
+
+    async def _remove_slice(self, parent_inode: int, parent: PlaneDir, sname: str) -> None:
+        """`rm <plane>/<slice>`: the slice becomes background in this node.  Refused
+        while the plane directory is open: `rm -r` and `find -delete` hold it open
+        (they unlink relative to its descriptor) and would zero the whole volume,
+        while `rm xy/00012.png`, or a glob, names the slice without opening it."""
+        what = f"rm {parent.describe()}/{parent.plane}/{sname}"
+        if not parent.locked and any(d.ino == parent_inode for d in self.dir_handles.values()):
+            raise self._fail(parent.uuid, what, PermissionRefused(
+                f"{parent.data}/{parent.plane} is open (rm -r or find -delete walks it): slices are "
+                f"removed one by one by name (rm {parent.plane}/00012.png); a whole instance is deleted "
+                f"with `dvidfs data delete REPO {parent.data} --imsure` (every node of the repo)"))
+        try:
+            await self._run(self.tree.remove_file, parent, sname)
+        except DvidfsError as exc:
+            raise self._fail(parent.uuid, what, exc) from exc
+        await self._drain()
 
     async def rmdir(self, parent_inode, name, ctx):
         parent = self._entry(parent_inode)
-        raise pyfuse3.FUSEError(errno.EROFS if parent.locked else errno.EPERM)
+        if parent.locked:
+            raise pyfuse3.FUSEError(errno.EROFS)
+        sname = os.fsdecode(name)
+        if isinstance(parent, NodeDir):
+            try:
+                is_instance = sname in self.tree.core.instances(parent.node)
+            except DvidfsError:
+                is_instance = False
+            if is_instance:
+                raise self._fail(parent.uuid, f"rmdir {sname}", PermissionRefused(
+                    f"data instances are not removed with rmdir or rm -r (a stray rm -rf must not wipe "
+                    f"data); deleting {sname!r} deletes it in every node of repo {parent.repo!r}: "
+                    f"`dvidfs data delete {parent.repo} {sname} --imsure`, or "
+                    f"DELETE /api/repo/<uuid>/{sname}?imsure=true"))
+        elif parent.uuid and parent.data:
+            raise self._fail(parent.uuid, f"rmdir {parent.describe()}/{sname}", PermissionRefused(
+                f"the directories of data instance {parent.data!r} cannot be removed; rm a slice by name "
+                f"to clear it, or delete the instance with `dvidfs data delete {parent.repo} {parent.data} "
+                f"--imsure`"))
+        raise pyfuse3.FUSEError(errno.EPERM)
 
     async def mkdir(self, parent_inode, name, mode, ctx):
         parent = self._entry(parent_inode)

@@ -16,6 +16,12 @@ coordinate order, streamed (a listing costs what is read of it, whatever the
 extents).  Sizes are formulas of width and height (stored-deflate PNG,
 uncompressed TIFF): `ls -l` encodes nothing.
 
+`rm <plane>/<slice>` in an open node makes that slice background (0) in that
+node only (blocks left empty get tombstones; parents keep their data); the
+slice stays listed, reading as zeros, as any slice within the extents.  While
+the plane directory itself is open (`rm -r`, `find -delete` walk it) a slice
+rm is refused (fs/operations.py), so no recursive rm can wipe a volume.
+
 Names written into a plane directory (`parse_slice_name`, `is_temp_name`):
   * `00012.png`, `12.png`, `-0004.tif`: slice 12, slice -4 (ASCII digits, int32);
   * `<prefix><digits>.png|tif` with a prefix of letters first, e.g. ImageJ's
@@ -37,7 +43,7 @@ import numpy as np
 from dvidfs.errors import InvalidInputError, NotFoundError
 from dvidfs.formats.images import (decode_image, encode_label_float_tiff, encode_png_stored,
                                    encode_pseudocolor_png, encode_tiff, label_float_tiff_size, png_size,
-                                   tiff_size)
+                                   tiff_size, voxel_spec)
 from dvidfs.fs.entry import ON_CLOSE, Attr, DirEntry, Entry
 from dvidfs.geometry import PLANE, PLANES
 
@@ -83,12 +89,20 @@ class SliceFormat:
     size: Callable[[int, int], int]          # (width, height) -> exact file size
     encode: Callable[[np.ndarray], bytes]
     writable: bool
+    tagged: bool = False                     # TIFF: size and encode take voxel= (the voxel size tags)
+
+    def file_size(self, width: int, height: int, voxel) -> int:
+        return self.size(width, height, voxel=voxel) if self.tagged else self.size(width, height)
+
+    def render(self, img: np.ndarray, voxel) -> bytes:
+        return self.encode(img, voxel=voxel) if self.tagged else self.encode(img)
 
 
 GRAY_PNG = SliceFormat("png", png_size, encode_png_stored, True)
-LABEL_TIFF = SliceFormat("tif", lambda w, h: tiff_size(w, h, np.uint64), encode_tiff, True)
+LABEL_TIFF = SliceFormat("tif", lambda w, h, voxel=None: tiff_size(w, h, np.uint64, voxel=voxel), encode_tiff,
+                         True, tagged=True)
 LABEL_RGB = SliceFormat("png", lambda w, h: png_size(w, h, 3), encode_pseudocolor_png, False)
-LABEL_FIJI = SliceFormat("tif", label_float_tiff_size, encode_label_float_tiff, False)
+LABEL_FIJI = SliceFormat("tif", label_float_tiff_size, encode_label_float_tiff, False, tagged=True)
 
 
 def plane_formats(dtype: np.dtype) -> dict[str, SliceFormat]:
@@ -150,9 +164,16 @@ class _OnPlane:
     def axes(self):
         return PLANE[self.plane[:2]]
 
+    @property
+    def voxel(self):
+        """The voxel size a TIFF slice carries: VoxelSize in this plane's axes, at this level."""
+        cfg, a = self.obj.inst.config, self.axes
+        return voxel_spec(cfg.get("VoxelSize"), cfg.get("VoxelUnits"), a.width, a.height, a.fixed, self.scale)
+
     def slice_attr(self, tree: "Tree", ext) -> Attr:
         fmt = self.format
-        return Attr("file", fmt.size(*self.axes.dims(ext)), not self.locked and fmt.writable and not self.scale,
+        return Attr("file", fmt.file_size(*self.axes.dims(ext), self.voxel),
+                    not self.locked and fmt.writable and not self.scale,
                     tree.mtime(self.node), self.locked)
 
 
@@ -186,12 +207,25 @@ class PlaneDir(_OnPlane, DirEntry):
         return _SliceListing(self, range(ext.lo[fixed], ext.hi[fixed]), self.format.ext,
                              self.slice_attr(tree, ext))
 
+    def remove_file(self, tree: "Tree", name: str) -> None:
+        """`rm` of a slice (open nodes): its voxels become background (0) in this
+        node only (data/volume.py `delete_slice`).  It stays listed, all zeros,
+        as every slice within the extents is."""
+        coord = parse_slice_name(name, aliases=True)
+        if coord is None:
+            raise NotFoundError(f"no slice {name!r}")
+        if self.scale:
+            raise InvalidInputError(f"level {self.scale} is computed from level 0: rm slices there")
+        if not self.format.writable:
+            raise InvalidInputError(f"{self.plane} is a view: rm the slice in {self.plane[:2]}/ instead")
+        self.obj.delete_slice(self.node, self.plane[:2], coord)
+
     def upload_limit(self, tree: "Tree") -> int:
         """The most bytes a slice file (or a temp file renamed onto one) may take."""
         ext = tree.extents(self)
         if ext is None:
             return FIRST_SLICE_LIMIT
-        return UPLOAD_SLACK * self.format.size(*self.axes.dims(ext)) + UPLOAD_FIXED
+        return UPLOAD_SLACK * self.format.file_size(*self.axes.dims(ext), self.voxel) + UPLOAD_FIXED
 
 
 class _SliceListing(Sequence):
@@ -225,7 +259,7 @@ class Slice(_OnPlane, Entry):
 
     def read(self, tree: "Tree") -> bytes:
         img = tree.core.read_slice(self.node, self.obj, self.plane[:2], self.coord)
-        return self.format.encode(img)
+        return self.format.render(img, self.voxel)
 
     def upload_limit(self, tree: "Tree") -> int:
         return self.child(PlaneDir).upload_limit(tree)

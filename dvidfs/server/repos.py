@@ -23,6 +23,7 @@ HELP = """dvidfs {version}: DVID's HTTP API over a dvidfs store.
   GET  /api/repos/info                      every repo (keyed by root UUID)
   POST /api/repos                           {{"alias", "description"}} -> {{"root"}}
   GET  /api/repo/<uuid>/info                one repo; POST changes alias/description
+  DELETE /api/repo/<uuid>?imsure=true       delete the repo (root UUID); /<dataname>?imsure=true: an instance
   POST /api/repo/<uuid>/instance            {{"typename": "uint8blk|labelmap", "dataname"}}
   GET  /api/repo/<uuid>/branch-versions/<branch>
   POST /api/repo/<uuid>/merge               {{"parents": [...], "note"}}
@@ -148,6 +149,32 @@ def _resolve(dvid: Dvid, req: Request, node: Node, args: list[str]) -> Response:
     return json_response({"child": child.uuid})
 
 
+def _imsure(req: Request, what: str) -> None:
+    if not req.flag("imsure"):
+        raise InvalidInputError(f"deleting {what} is for good: add ?imsure=true to the request")
+
+
+def _delete_repo(dvid: Dvid, req: Request, node: Node, args: list[str]) -> Response:
+    """DVID's DELETE /api/repo/<uuid>?imsure=true: the repo, every node and instance
+    (data keys removed in the background, as DVID does)."""
+    repo = dvid.repo_of(node)
+    _imsure(req, f"repo {repo.alias!r}")
+    if node.uuid != repo.root:
+        raise InvalidInputError(f"give the repo's root UUID ({repo.root}) to delete repo {repo.alias!r}")
+    dvid.delete_repo(repo)
+    return text_response(f"Started deletion of repo {repo.root}")
+
+
+def _delete_data(dvid: Dvid, req: Request, node: Node, args: list[str]) -> Response:
+    """DVID's DELETE /api/repo/<uuid>/<dataname>?imsure=true: the instance in every
+    node of the repo (data keys removed in the background)."""
+    name = args[0]
+    repo = dvid.repo_of(node)
+    _imsure(req, f"data instance {name!r}")
+    dvid.delete_instance(repo, name)
+    return text_response(f"Started deletion of data instance {name!r} from repo {repo.root}")
+
+
 # ---------------------------------------------------------------- node routes
 def _status(dvid: Dvid, req: Request, node: Node, args: list[str]) -> Response:
     return json_response({"Locked": node.locked})
@@ -217,6 +244,8 @@ def register(routes: Routes) -> None:
     routes.server_route("repos", "GET", _repos_info)
     routes.server_route("repos", "POST", _new_repo)
     routes.repo_route("", "HEAD GET", _repo_head, inline=True)
+    routes.repo_route("", "DELETE", _delete_repo)
+    routes.repo_data_route("DELETE", _delete_data)
     routes.repo_route("info", "GET", _repo_info)
     routes.repo_route("info", "POST", _repo_info_post)
     routes.repo_route("instance", "POST", _new_instance)

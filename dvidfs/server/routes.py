@@ -79,6 +79,7 @@ class Routes:
     def __init__(self) -> None:
         self.server: dict[tuple[str, ...], dict[str, Route]] = {}
         self.repo: dict[str, dict[str, Route]] = {}
+        self.repo_data: dict[str, Route] = {}   # /api/repo/<ref>/<dataname> (DVID's DELETE)
         self.node: dict[str, dict[str, Route]] = {}
         self.instance: dict[tuple[str, str], dict[str, Route]] = {}
         self.prefix: dict[str, dict[str, Route]] = {}
@@ -90,6 +91,11 @@ class Routes:
 
     def repo_route(self, action: str, methods: str, handler: NodeHandler, inline: bool = False) -> None:
         self._add(self.repo.setdefault(action, {}), methods, Route(handler, inline=inline))
+
+    def repo_data_route(self, methods: str, handler: NodeHandler) -> None:
+        """/api/repo/<ref>/<dataname>: the handler gets [dataname] (a method no
+        repo action of that name takes)."""
+        self._add(self.repo_data, methods, Route(handler))
 
     def node_route(self, action: str, methods: str, handler: NodeHandler, inline: bool = False) -> None:
         self._add(self.node.setdefault(action, {}), methods, Route(handler, inline=inline))
@@ -141,6 +147,10 @@ class Routes:
     def _repo(self, dvid: Dvid, req: Request, seg: list[str]) -> Bound:
         action = seg[3] if len(seg) > 3 else ""
         table = self.repo.get(action)
+        data_route = self.repo_data.get(req.method) if len(seg) == 4 else None
+        if data_route is not None and (table is None or req.method not in table):
+            node = dvid.node(seg[2])
+            return Bound(data_route, lambda: data_route.handler(dvid, req, node, [action]))
         if table is None:
             raise HttpError(400, f"unknown repo action {action!r} (known: {', '.join(sorted(self.repo))})")
         route = self._method(table, req)

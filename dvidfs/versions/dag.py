@@ -38,6 +38,8 @@ from dvidfs.versions.model import (MASTER, NAME_RE, TAG_BRANCH, UUID_RE, Instanc
 
 _REF_RE = re.compile(r"^(?P<prefix>[^:~]*)(?::(?P<branch>[^~]+))?(?:~(?P<back>\d+))?$")
 _HEX_RE = re.compile(r"^[0-9a-f]+$")
+# metadata key prefix of a deleted instance whose data keys are still being removed
+DELETING = "deleting:"
 
 @dataclass
 class MergeContext:
@@ -280,6 +282,8 @@ class VersionDB:
         """Stage a new node and its parents' new `children`: returns the node
         (not registered yet) and staged copies of the parents, for `_link`
         once the batch is applied.  Nothing in memory changes here."""
+        for p in parents:
+            self._check_live(p)
         uid = (uuid or new_uuid()).lower()
         if not UUID_RE.match(uid):
             raise InvalidInputError(f"{uid!r} is not a UUID (32 lowercase hex characters)")
@@ -557,6 +561,7 @@ class VersionDB:
         """Rename or re-describe a repo, or append lines to its log (DVID's
         POST repo info / repo log)."""
         with self.lock:
+            self._check_live(repo)
             changes: dict = {"updated": now()}
             if alias is not None and alias != repo.alias:
                 if not NAME_RE.match(alias) or _HEX_RE.match(alias.lower()):
@@ -585,6 +590,7 @@ class VersionDB:
     def _save_node(self, node: Node, staged: Node) -> Node:
         """Write `staged` (a changed copy of live `node`), then let `node` take it.
         Synced like every DAG record, so memory shows only what is on disk."""
+        self._check_live(node)
         batch = Batch()
         self._save(batch, staged)
         self.engine.apply(batch, sync=True)
@@ -598,6 +604,7 @@ class VersionDB:
                 raise ReadOnlyError(f"node {node.uuid} is committed: create data instances in an open node")
             if not NAME_RE.match(name) or UUID_RE.match(name):
                 raise InvalidInputError(f"{name!r} is not a valid data instance name")
+            self._check_live(node)
             repo = self.repos[node.repo]
             if name in repo.instances:
                 raise ExistsError(f"repo {repo.alias!r} already has a data instance named {name!r}")
@@ -609,6 +616,108 @@ class VersionDB:
             self.engine.apply(batch, sync=True)
             _adopt(repo, staged)
             return inst
+
+    # ------------------------------------------------------------- deletion
+    def _check_live(self, obj: Node | Repo) -> None:
+        """Refuse to write the record of a node or repo that was deleted (a stale
+        object someone still holds): saving it would bring back a node whose
+        repo is gone."""
+        live = self.nodes.get(obj.uuid) if isinstance(obj, Node) else self.repos.get(obj.root)
+        if live is not obj:
+            what = f"node {obj.uuid}" if isinstance(obj, Node) else f"repo {obj.alias!r}"
+            raise NotFoundError(f"{what} was deleted")
+
+    def pending_deletions(self) -> dict[int, list[int]]:
+        """Instance id -> version ids of its repo, for every deleted instance whose
+        data keys may still be in the store (DELETING markers)."""
+        p = keys.meta_key(DELETING)
+        out = {}
+        for _, v in self.engine.scan(p, keys.prefix_end(p)):
+            d = json.loads(v)
+            out[int(d["instance"])] = [int(x) for x in d["versions"]]
+        return out
+
+    def _stage_deletion(self, batch: Batch, repo: Repo, inst: Instance) -> None:
+        """The marker that makes the data keys of `inst` garbage: written in the
+        batch that removes its metadata, removed once its keys are gone."""
+        versions = [n.version_id for n in self.repo_nodes(repo)]
+        batch.put(keys.meta_key(f"{DELETING}{inst.id:010d}"),
+                  json.dumps({"instance": inst.id, "repo": repo.root, "name": inst.name,
+                              "versions": versions}).encode())
+
+    def delete_instance(self, repo: Repo, name: str) -> Instance:
+        """DVID's data deletion: instance `name` leaves the repo in every node, in
+        one synced batch that also records a DELETING marker; its data keys are
+        removed afterwards (`purge_instance`).  Ids are never reused, so keys
+        left behind by a crash are never visible again."""
+        with self.lock:
+            self._check_live(repo)
+            inst = repo.instances.get(name)
+            if inst is None:
+                raise NotFoundError(f"no data instance {name!r} in repo {repo.alias!r}")
+            batch = Batch()
+            staged = replace(repo, instances={k: v for k, v in repo.instances.items() if k != name},
+                             log=[*repo.log, f"deleted data instance {name!r} ({inst.typename})"],
+                             updated=now())
+            self._save(batch, staged)
+            self._stage_deletion(batch, repo, inst)
+            self.engine.apply(batch, sync=True)
+            _adopt(repo, staged)
+            return inst
+
+    def delete_repo(self, repo: Repo) -> list[Node]:
+        """DVID's repo deletion: the repo record, every node record and a DELETING
+        marker per instance, in one synced batch; returns the deleted nodes."""
+        with self.lock:
+            self._check_live(repo)
+            nodes = self.repo_nodes(repo)
+            batch = Batch()
+            for inst in repo.instances.values():
+                self._stage_deletion(batch, repo, inst)
+            for n in nodes:
+                batch.delete(keys.meta_key("node:" + n.uuid))
+            batch.delete(keys.meta_key("repo:" + repo.root))
+            self.engine.apply(batch, sync=True)
+            del self.repos[repo.root]
+            # by_version and the ancestry index keep the old versions (small): a
+            # lock-free read already under way in a deleted node still resolves
+            for n in nodes:
+                self.nodes.pop(n.uuid, None)
+            return nodes
+
+    def purge_instance(self, instance_id: int, versions: list[int], budget: int = 10_000,
+                       stop: Callable[[], bool] = lambda: False) -> bool:
+        """Remove the data keys of deleted instance `instance_id` in batches of at
+        most `budget` keys (its blocks, tombstone markers, change-index entries
+        of `versions` and its max-label record), then its DELETING marker.
+        Returns False if `stop()` said to stop first (the marker stays: the rest
+        is removed at the next open).  Each batch takes the lock only to apply."""
+        iid = keys.u32(instance_id)
+        ranges = [(p, keys.prefix_end(p)) for p in
+                  [keys.instance_prefix(instance_id), keys.TOMBSTONED + iid,
+                   *(keys.change_prefix(v) + iid for v in versions)]]
+        for lo, hi in ranges:
+            while True:
+                if stop():
+                    return False
+                batch = Batch()
+                for k in self.engine.scan(lo, hi, include_value=False):
+                    batch.delete(k)
+                    if len(batch) >= budget:
+                        break
+                if not len(batch):
+                    break
+                with self.lock:
+                    self.engine.apply(batch)
+                if len(batch) < budget:
+                    break
+                lo = batch.ops[-1][0] + b"\x00"  # go on after the last key removed
+        batch = Batch()
+        batch.delete(keys.meta_key(f"maxlabel:{instance_id}"))
+        batch.delete(keys.meta_key(f"{DELETING}{instance_id:010d}"))
+        with self.lock:
+            self.engine.apply(batch, sync=True)
+        return True
 
     def instances_at(self, node: Node) -> dict[str, Instance]:
         anc = self.ancestors(node.version_id)
