@@ -1,6 +1,8 @@
 """Shared fixtures for the store / versions / grayscale tests.
 
-`store`   a fresh Dvid (the core) in tmp_path, closed at teardown.
+`store`   a fresh Dvid (the core) in tmp_path, closed at teardown; on an S3
+          engine (SeaweedFS) when DVIDFS_TEST_ENGINE=s3 (`reopen(path)` opens
+          it again on the same engine).
 `repo`    a repo "test" in that store; `root` is its (open) root node.
 `gray`    a grayscale instance "gray" with 8³ blocks created in the root.
 
@@ -11,6 +13,7 @@ Helpers (plain functions, importable as `from conftest import ...`):
 from __future__ import annotations
 
 import contextlib
+import os
 
 import pytest
 
@@ -24,13 +27,33 @@ def store_path(tmp_path):
     return tmp_path / "store"
 
 
+# DVIDFS_TEST_ENGINE=s3: the `store` fixture is an S3 store on the session's
+# SeaweedFS (scripts/test runs the store/versions/data modules once more so)
+ENGINE = os.environ.get("DVIDFS_TEST_ENGINE", "leveldb")
+
+
 @pytest.fixture
-def store(store_path):
-    s = Dvid.init(store_path)
+def store(store_path, request):
+    if ENGINE == "s3":
+        from seaweed import s3_engine
+        s = Dvid(engine=s3_engine(request.getfixturevalue("seaweedfs"), store_path, create=True))
+    else:
+        s = Dvid.init(store_path)
     try:
         yield s
     finally:
         s.close()
+
+
+@pytest.fixture
+def reopen(request):
+    """Open the store at a path again, on the engine the `store` fixture uses."""
+    def open_store(path) -> Dvid:
+        if ENGINE == "s3":
+            from seaweed import s3_engine
+            return Dvid(engine=s3_engine(request.getfixturevalue("seaweedfs"), path, create=False))
+        return Dvid(path)
+    return open_store
 
 
 @pytest.fixture

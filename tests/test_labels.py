@@ -836,7 +836,7 @@ def test_node_merge_joins_label_data(store, root):
 
 # ============================================================================= reopen
 
-def test_reopen_keeps_mapping_index_and_log(store, store_path, root):
+def test_reopen_keeps_mapping_index_and_log(store, store_path, root, reopen):
     db = store.db
     vol, sv = base_volume(store, root)
     name = vol.inst.name
@@ -852,7 +852,7 @@ def test_reopen_keeps_mapping_index_and_log(store, store_path, root):
     sv2[cut] = r2["NewLabel"]
     root_uuid, child_uuid = root.uuid, child.uuid
     store.close()
-    s2 = Dvid(store_path)
+    s2 = reopen(store_path)
     try:
         rnode, cnode = s2.node(root_uuid), s2.node(child_uuid)
         v2 = s2.data(cnode, name)
