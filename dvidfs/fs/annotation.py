@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 
 from dvidfs.data.annotation import check_element, synced_labels
 from dvidfs.errors import InvalidInputError, NotFoundError
-from dvidfs.fs.entry import ON_CLOSE, Attr, DirEntry, Entry
+from dvidfs.fs.entry import Attr, DirEntry, EditableFile, Entry
 
 if TYPE_CHECKING:
     from dvidfs.fs.tree import Tree
@@ -75,22 +75,12 @@ def parse_lines(data: bytes, where: str) -> list[dict]:
     return elems
 
 
-class ElementsFile(Entry):
-    rendered = True
-    starts_with_content = True   # `>>` appends after the elements (unchanged lines store nothing)
-
-    @property
-    def write_mode(self) -> str | None:  # type: ignore[override]
-        return ON_CLOSE
-
-    def attr(self, tree: "Tree") -> Attr:
-        return Attr("file", len(tree.read(self)), not self.locked, tree.mtime(self.node), self.locked)
+class ElementsFile(EditableFile):
+    # `>>` appends after the elements (unchanged lines store nothing)
+    max_upload = MAX_ELEMENTS_FILE
 
     def read(self, tree: "Tree") -> bytes:
         return elements_lines(self.obj.all_elements(tree.core.view(self.node)))
-
-    def upload_limit(self, tree: "Tree") -> int:
-        return MAX_ELEMENTS_FILE
 
     def upload(self, tree: "Tree", data: bytes) -> str:
         elems = parse_lines(data, f"{self.data}/{ELEMENTS}")

@@ -153,6 +153,27 @@ class Entry:
         return "/".join(p for p in (self.data, f"s{self.scale}" if self.scale else "", self.plane, self.name) if p)
 
 
+class EditableFile(Entry):
+    """A rendered file that open nodes take whole, at close (spans.json,
+    elements.jsonl): it shows the stored state, an editor opening it without
+    O_TRUNC starts from that content, and what is written is handed to
+    `upload` all or nothing.  Subclasses give `read`, `upload` and `max_upload`."""
+
+    rendered = True
+    starts_with_content = True
+    max_upload: ClassVar[int] = 0
+
+    @property
+    def write_mode(self) -> str | None:  # type: ignore[override]
+        return ON_CLOSE
+
+    def attr(self, tree: "Tree") -> Attr:
+        return Attr("file", len(tree.read(self)), not self.locked, tree.mtime(self.node), self.locked)
+
+    def upload_limit(self, tree: "Tree") -> int:
+        return self.max_upload
+
+
 class DirEntry(Entry):
     is_dir = True
 

@@ -21,7 +21,7 @@ import numpy as np
 
 from dvidfs.errors import InvalidInputError, NotFoundError
 from dvidfs.formats.images import encode_png_stored, png_size
-from dvidfs.fs.entry import ON_CLOSE, Attr, DirEntry, Entry
+from dvidfs.fs.entry import Attr, DirEntry, EditableFile, Entry
 from dvidfs.fs.volumes import _SliceListing, parse_slice_name
 from dvidfs.geometry import PLANE, PLANES
 
@@ -43,22 +43,11 @@ def spans_text(spans) -> bytes:
     return ("[\n" + ",\n".join(f"  [{z}, {y}, {x0}, {x1}]" for z, y, x0, x1 in spans) + "\n]\n").encode()
 
 
-class SpansFile(Entry):
-    rendered = True
-    starts_with_content = True   # an editor opening it without O_TRUNC sees the spans
-
-    @property
-    def write_mode(self) -> str | None:  # type: ignore[override]
-        return ON_CLOSE
-
-    def attr(self, tree: "Tree") -> Attr:
-        return Attr("file", len(tree.read(self)), not self.locked, tree.mtime(self.node), self.locked)
+class SpansFile(EditableFile):
+    max_upload = MAX_SPANS_FILE
 
     def read(self, tree: "Tree") -> bytes:
         return spans_text(self.obj.spans(tree.core.view(self.node)))
-
-    def upload_limit(self, tree: "Tree") -> int:
-        return MAX_SPANS_FILE
 
     def upload(self, tree: "Tree", data: bytes) -> str:
         try:
