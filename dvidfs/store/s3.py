@@ -84,6 +84,15 @@ CHECKPOINT_MIN_ENTRIES = 16  # ... or after this many once the log outweighs hal
 GRACE = 300.0                # seconds before a replaced object is deleted (readers in other processes)
 LEASE_TTL = 60.0             # a writer lease not renewed for this long (server clock) may be taken over
 REFRESH = 1.0                # a read-only engine looks for new commits at most this often (seconds)
+# Every request is bounded: a dead server (connection refused) fails in ~1-3 s, a
+# stalled one (accepts, never answers) after ATTEMPTS x READ_TIMEOUT + backoff
+# (~3 x 10 s): an EIO naming the object, never a hang.  READ_TIMEOUT bounds each
+# wait for the next bytes of a reply, not a whole transfer, so big PUTs are not
+# cut.  DVIDFS_S3_TIMEOUT / DVIDFS_S3_ATTEMPTS override both (seconds; total
+# attempts), read when a client is made (tests/test_s3_failures.py uses 2 s x 2).
+CONNECT_TIMEOUT = 5.0        # seconds to open a connection (at most READ_TIMEOUT)
+READ_TIMEOUT = 10.0          # seconds without a byte of the reply before an attempt fails
+ATTEMPTS = 3                 # total attempts per request (botocore "total_max_attempts")
 
 _MAGIC = b"DVS3"
 _HEAD = struct.Struct(">4sI")          # magic, header length; then JSON header, then lz4(entries)
@@ -1163,7 +1172,11 @@ class S3Engine(_ViewReader):
             raise self._error(what, name, exc) from None
 
     def _error(self, what: str, name: str, exc: BaseException) -> DvidfsError:
-        return DvidfsError(f"{self.url}{name}: {what} failed: {exc}")
+        # logged as well: a front end that answers EIO (a FUSE read) may not pass the
+        # message on, and the mount log is where to find why (timeouts: make_client)
+        err = DvidfsError(f"{self.url}{name}: {what} failed: {exc}")
+        log.warning("%s", err)
+        return err
 
     def _list(self, prefix: str, start_after: str) -> list[str]:
         """Object names under `prefix` after `start_after` (exclusive), in order."""
@@ -1224,12 +1237,31 @@ def make_client(endpoint: str | None = None, region: str | None = None, workers:
     """A boto3 S3 client as the engine uses it: path-style addressing when an
     endpoint is given, bounded timeouts and retries, a connection per worker."""
     region = region or os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+    read_timeout, attempts = _bounds()
     cfg = BotoConfig(
         s3={"addressing_style": "path" if endpoint else "auto"},
-        retries={"mode": "standard", "max_attempts": 3},
-        connect_timeout=5, read_timeout=30,            # a dead server is an error, not a hang
+        # a dead or stalled server is an error within a bound, not a hang (READ_TIMEOUT above).
+        # "total_max_attempts": botocore's "max_attempts" counts retries (3 meant 4 tries, 2 min)
+        retries={"mode": "standard", "total_max_attempts": attempts},
+        connect_timeout=min(CONNECT_TIMEOUT, read_timeout), read_timeout=read_timeout,
         max_pool_connections=workers + 8,
     )
     key, secret = credentials or (None, None)
     return boto3.session.Session().client("s3", endpoint_url=endpoint, region_name=region, config=cfg,
                                           aws_access_key_id=key, aws_secret_access_key=secret)
+
+
+def _bounds() -> tuple[float, int]:
+    """(read timeout, total attempts): the defaults, or DVIDFS_S3_TIMEOUT / DVIDFS_S3_ATTEMPTS."""
+    def env(name, kind, default, low):
+        raw = os.environ.get(name)
+        if not raw:
+            return default
+        try:
+            v = kind(raw)
+        except ValueError:
+            raise DvidfsError(f"{name}={raw!r} is not a number") from None
+        if not v >= low:
+            raise DvidfsError(f"{name}={raw!r}: must be at least {low}")
+        return v
+    return env("DVIDFS_S3_TIMEOUT", float, READ_TIMEOUT, 0.1), env("DVIDFS_S3_ATTEMPTS", int, ATTEMPTS, 1)
