@@ -1,4 +1,4 @@
-"""`Dvid`: the one object every front end talks to (the mount, the CLI, next the HTTP server).
+"""`Dvid`: the one object every front end talks to (the mount, the CLI, the HTTP server).
 
 It owns the engine, the version DAG, the data-type registry, the caches
 (decoded blocks, read-ahead layers), the write generations and the change
