@@ -24,22 +24,9 @@ from dvidfs.samplestore import build_sample_store
 from dvidfs.server.transfer import HttpReceiver, HttpSender, encode_records
 from dvidfs.store import keys
 from serving import served
-from test_push import SIZE, _edit, _equal_at
+from test_push import SIZE, _edit, _equal_at, dst, src  # noqa: F401  (src, dst: the same fixtures)
 
 raw_count = lambda e: sum(1 for _ in e.scan(b"\x01", b"\x05", include_value=False))
-
-
-@pytest.fixture
-def src(tmp_path):
-    with Dvid.init(tmp_path / "src") as s:
-        build_sample_store(s, SIZE, block_size=16)
-        yield s
-
-
-@pytest.fixture
-def dst(tmp_path):
-    with Dvid.init(tmp_path / "dst") as d:
-        yield d
 
 
 def _http_voxels(url: str, uuid: str, name: str, dtype) -> np.ndarray:

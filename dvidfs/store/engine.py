@@ -55,7 +55,10 @@ class Cursor(Protocol):
     `seek(key)` moves to the first key >= `key` (invalid if there is none);
     `next()` moves to the following key (invalid past the last one).
     `key()`, `value()` and `next()` on an invalid cursor raise.  A cursor
-    reads one consistent view, taken when it was created."""
+    reads one consistent view, taken when it was created.  A remote engine's
+    cursor may also offer `plan(ranges)`: the [start, stop) ranges about to be
+    read, in order, so it fetches their values ahead (`Reader.scan_lazy` and
+    versioned scans call it when it is there)."""
 
     def seek(self, key: bytes) -> None: ...
     def valid(self) -> bool: ...
@@ -122,6 +125,9 @@ class Reader:
         and is only valid until the next item, so values nobody asks for are never
         copied out of the engine."""
         with self.cursor() as it:
+            plan = getattr(it, "plan", None)
+            if plan is not None:   # a remote engine (S3) fetches the range's values ahead, in parallel
+                plan([(start, stop)])
             it.seek(start)
             while it.valid():
                 k = it.key()

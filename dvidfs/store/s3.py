@@ -357,17 +357,6 @@ class _ViewReader(Reader):
             return v
         return self._e._fetch_or_explain(key, v)
 
-    def scan_lazy(self, start: bytes, stop: bytes) -> Iterator:
-        with self.cursor() as it:
-            it.plan([(start, stop)])
-            it.seek(start)
-            while it.valid():
-                k = it.key()
-                if k >= stop:
-                    break
-                yield k, it.value
-                it.next()
-
     @contextmanager
     def cursor(self) -> Iterator[_Cursor]:
         view = self._current()
