@@ -52,7 +52,8 @@ from dvidfs.store.engine import OrderedKV
 from dvidfs.store.open import is_remote, open_engine
 from dvidfs.store.versioned import VersionView
 from dvidfs.timestamps import iso
-from dvidfs.versions.dag import MergeConflict, VersionDB  # noqa: F401  (MergeConflict: for front ends)
+from dvidfs.store import keys
+from dvidfs.versions.dag import Followed, MergeConflict, VersionDB  # noqa: F401  (MergeConflict: for front ends)
 from dvidfs.versions.model import Instance, Node, Repo
 
 log = logging.getLogger("dvidfs.core")
@@ -116,7 +117,11 @@ class Dvid:
         self._purger: threading.Thread | None = None
         self._purge_wake = threading.Condition()
         self._closing = False
-        if self.db.pending_deletions():  # a deletion a crash or an exit interrupted
+        self._follow_lock = threading.Lock()
+        self._follower: threading.Thread | None = None
+        if self.readonly:
+            self._start_follower()
+        elif self.db.pending_deletions():  # a deletion a crash or an exit interrupted
             self._start_purger()
 
     def _open_engine(self, create: bool) -> OrderedKV:
@@ -145,9 +150,9 @@ class Dvid:
         with self._purge_wake:
             self._closing = True
             self._purge_wake.notify_all()
-        t = self._purger
-        if t is not None and t is not threading.current_thread():
-            t.join()  # between two bounded batches: what is left is removed at the next open
+        for t in (self._purger, self._follower):
+            if t is not None and t is not threading.current_thread():
+                t.join()  # the purger stops between two bounded batches: the rest is removed at the next open
         self.engine.close()
 
     def __enter__(self) -> "Dvid":
@@ -177,6 +182,94 @@ class Dvid:
 
     def _node_changed(self, node: Node) -> None:
         self._publish(Change(node.repo, node.uuid))
+
+    # ------------------------------------------------------------ following the writer
+    @property
+    def readonly(self) -> bool:
+        """Opened as a reader of a store another process writes (an object store
+        opened with `readonly=1`): writes are refused and `follow` keeps this
+        process current."""
+        return bool(getattr(self.engine, "readonly", False))
+
+    def _start_follower(self) -> None:
+        interval = float(getattr(self.engine, "refresh_interval", 1.0))
+
+        def run() -> None:
+            while True:
+                with self._purge_wake:   # close() notifies it
+                    if not self._closing:
+                        self._purge_wake.wait(interval)
+                    if self._closing:
+                        return
+                try:
+                    self.follow()
+                except Exception:   # an unreachable store: serve what is known, try again
+                    log.warning("cannot follow the writer of %s", self.path, exc_info=True)
+        self._follower = threading.Thread(target=run, name="dvidfs-follow", daemon=True)
+        self._follower.start()
+
+    def follow(self) -> bool:
+        """Catch up with the commits the writer made since the last call (a
+        read-only store; a background thread calls this every second): the DAG
+        takes new and changed nodes, repos and instances; caches forget the
+        (instance, version) pairs the writer changed; subscribers (the mount's
+        invalidation) hear a `Change` for each.  True if anything changed."""
+        if not self.readonly:
+            return False
+        with self._follow_lock:
+            self.engine.refresh()
+            changed = self.engine.take_changes()
+            if changed is not None and not changed:
+                return False
+            meta = changed is None or any(k[:1] == keys.META for k in changed)
+            followed = self.db.follow() if meta else Followed()
+            out: list[Change] = []
+            for repo, nodes in followed.gone_repos:
+                self._retire(list(repo.instances.values()))
+                out.append(Change(repo.root, deleted=True, nodes=tuple(n.uuid for n in nodes), alias=repo.alias))
+            for repo, inst in followed.gone_instances:
+                self._retire([inst])
+                out.append(Change(repo.root, None, inst.name, deleted=True,
+                                  nodes=tuple(n.uuid for n in self.repo_nodes(repo)), alias=repo.alias))
+            out += [Change(r.root) for r in (*followed.new_repos, *followed.changed_repos)]
+            for repo, inst in followed.new_instances:
+                n = self.db.by_version.get(inst.created_in)
+                if n is not None:
+                    out.append(Change(repo.root, n.uuid))
+            out += [Change(n.repo, n.uuid) for n in followed.new_nodes]
+            out += [Change(n.repo, n.uuid, committed=n.locked and not was_locked)
+                    for n, was_locked in followed.changed_nodes]
+            out += self._forget_written(changed)
+        for c in out:
+            self._publish(c)
+        return True
+
+    def _forget_written(self, changed: set[bytes] | None) -> list[Change]:
+        """Make the caches forget the data the writer changed (`changed`: its
+        keys, None if unknown) and name it in Changes."""
+        with self._objects_lock:
+            objects = dict(self._objects)
+        if changed is None:
+            self.generations.bump_all()
+            for obj in objects.values():
+                obj.changed_elsewhere(None)
+            return [Change(n.repo, n.uuid, name) for n in list(self.db.nodes.values())
+                    for name in self.db.instances_at(n)]
+        written = set()
+        for k in changed:
+            if k[:1] == keys.DATA:
+                iid, _tk, version, _tomb = keys.split_data_key(k)
+                written.add((iid, version))
+        names = {i.id: (r.root, i.name) for r in list(self.db.repos.values()) for i in r.instances.values()}
+        out = []
+        for iid, version in sorted(written):
+            self.generations.bump(iid, version)
+            if iid in objects:
+                objects[iid].changed_elsewhere(version)
+            node = self.db.by_version.get(version)
+            if iid in names and node is not None:
+                out.append(Change(names[iid][0], node.uuid, names[iid][1]))
+        return out
 
     # ------------------------------------------------------------ repos
     def new_repo(self, alias: str, description: str = "", root: str | None = None) -> Repo:

@@ -170,6 +170,7 @@ class Labels(BlockVolume):
         self._mapping_changed = False  # set by merge's staging, acted on after its batch
         self._maps: dict[int, Mapping] = {}
         self._map_gen: dict[int, int] = {}
+        self._map_epoch = 0  # bumped when every version's mapping may have changed
         self._map_lock = threading.Lock()
         self._deltas: list[tuple[int, np.ndarray, np.ndarray]] = []
         self._max_written = 0
@@ -204,13 +205,13 @@ class Labels(BlockVolume):
         m = self._maps.get(v)
         if m is not None:
             return m
-        gen = self._map_gen.get(v, 0)
+        gen = (self._map_epoch, self._map_gen.get(v, 0))
         lo, hi = _u64_tkey(keys.CLASS_MAPPING, 0), _u64_tkey(keys.CLASS_MAPPING, 2**64 - 1)
         pairs = {_U64.unpack(tk[1:])[0]: struct.unpack("<Q", val)[0]
                  for tk, val in versioned.scan(reader or self.engine, self.inst.id, lo, hi, view)}
         m = Mapping(pairs)
         with self._map_lock:
-            if self._map_gen.get(v, 0) == gen:
+            if (self._map_epoch, self._map_gen.get(v, 0)) == gen:  # not forgotten meanwhile
                 self._maps[v] = m
         return m
 
@@ -218,6 +219,14 @@ class Labels(BlockVolume):
         with self._map_lock:
             self._map_gen[version] = self._map_gen.get(version, 0) + 1
             self._maps.pop(version, None)
+
+    def changed_elsewhere(self, version: int | None) -> None:
+        if version is not None:
+            self._forget_mapping(version)
+            return
+        with self._map_lock:
+            self._map_epoch += 1
+            self._maps.clear()
 
     # ------------------------------------------------------------ reading
     def read(self, view: VersionView, offset: XYZ, size: XYZ, supervoxels: bool = False,

@@ -54,10 +54,17 @@ class WriteGenerations:
 
     def __init__(self) -> None:
         self._n: dict[tuple[int, int], int] = {}
+        self._epoch = 0   # added to every count: `bump_all` makes everything cached unreachable
         self._lock = threading.Lock()
 
     def get(self, instance_id: int, version: int) -> int:
-        return self._n.get((instance_id, version), 0)
+        return self._n.get((instance_id, version), 0) + self._epoch
+
+    def bump_all(self) -> None:
+        """Everything may have changed (a read-only store caught up with its
+        writer without knowing which keys changed)."""
+        with self._lock:
+            self._epoch += 1
 
     def bump(self, instance_id: int, version: int) -> None:
         with self._lock:
@@ -130,6 +137,12 @@ class DataType:
     def _applied(self, node: Node) -> None:
         """A batch changing this instance in `node` was applied (under the lock)."""
         self.ctx.generations.bump(self.inst.id, node.version_id)
+
+    def changed_elsewhere(self, version: int | None) -> None:
+        """Another process (the writer of a store this one reads) changed this
+        instance in `version` (None: in some version): forget what is held of
+        it.  Caches keyed by the write generation need nothing more; a type
+        keeping other per-version state drops it here."""
 
 
 class TypeRegistry:

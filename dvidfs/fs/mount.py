@@ -122,6 +122,8 @@ def fuse_mounted(store: Dvid, mountpoint: str, debug: bool = False) -> Iterator[
     # modes say (docs/design.md, "Who may access a mount").
     options = set(pyfuse3.default_options) - {"allow_other", "allow_root"}
     options |= {"fsname=dvidfs", "subtype=dvidfs", "default_permissions"}
+    if store.readonly:  # a reader of a store another process writes: the kernel refuses writes (EROFS)
+        options.add("ro")
     if debug:
         options.add("debug")
     try:

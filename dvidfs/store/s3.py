@@ -452,6 +452,10 @@ class S3Engine(_ViewReader):
         self._manifest: dict = {}
         self._manifest_etag: str | None = None
         self._refreshed = time.monotonic()
+        # keys the followed log changed since `take_changes` last looked (None:
+        # unknown, a checkpoint was loaded instead); readers only
+        self._changes: set[bytes] | None = set()
+        self._cur_loaded = False
         try:
             self._open(create)
         except BaseException:
@@ -533,8 +537,11 @@ class S3Engine(_ViewReader):
             self._log_bytes = 0
             self._garbage = []
             self._cur = view
+            self._changes = None                  # a whole state loaded: what changed is not known
             if self._follow_log():
                 self._refreshed = time.monotonic()
+                if not self._cur_loaded:          # the open: nothing changed since
+                    self._changes, self._cur_loaded = set(), True
                 return
         raise DvidfsError(f"{self.url}: cannot load a consistent state (checkpoints keep replacing it)")
 
@@ -566,8 +573,11 @@ class S3Engine(_ViewReader):
         except _Missing:
             return False
         state, seq = view.state, view.seq
+        changed = self._changes
         for s, (size, _, items) in zip(run, tables):
             state = self._applied(state, dict(items), s)
+            if changed is not None and self.readonly:
+                changed.update(k for k, _ in items)
             seq = s
             self._log_bytes += size
         self._cur = _View(state, seq)
@@ -591,6 +601,16 @@ class S3Engine(_ViewReader):
                 self._load()
             self._refreshed = time.monotonic()
             return self._cur.seq != before
+
+    def take_changes(self) -> set[bytes] | None:
+        """The keys the writer's commits changed since the last call (a read-only
+        engine follows them in `refresh`, or in reads): `None` when that is not
+        known (the log had been folded into a checkpoint the reader loaded
+        whole), so everything may have changed.  The core follows this to keep
+        its version DAG and caches current (core.Dvid.follow)."""
+        with self._refresh_lock:
+            changes, self._changes = self._changes, set()
+            return changes
 
     def _current(self) -> _View:
         if self._closed:

@@ -25,7 +25,7 @@ import json
 import re
 import struct
 import threading
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Callable, Iterable, Protocol
 
 from dvidfs.errors import (AmbiguousError, ConflictError, ExistsError, InvalidInputError,
@@ -131,6 +131,63 @@ class VersionDB:
         n = Node(**d)
         self.nodes[n.uuid] = n
         self.by_version[n.version_id] = n
+
+    def follow(self) -> "Followed":
+        """Read the records again after another process (the writer of a shared
+        object store) changed them, for a store opened read-only: new repos
+        and nodes are registered, changed ones take their new field values
+        (`_adopt`: the objects everyone holds stay the live ones), deleted ones
+        leave.  Dicts are replaced, not changed in place, so lock-free readers
+        iterating them are safe.  Returns what changed, for the core to tell
+        its caches and subscribers."""
+        with self.lock:
+            repos: dict[str, Repo] = {}
+            nodes: dict[str, Node] = {}
+            p = keys.META + b"repo:"
+            for _, v in self.engine.scan(p, keys.prefix_end(p)):
+                r = Repo.from_json(json.loads(v))
+                repos[r.root] = r
+            p = keys.META + b"node:"
+            for _, v in self.engine.scan(p, keys.prefix_end(p)):
+                n = Node(**json.loads(v))
+                nodes[n.uuid] = n
+            out = Followed()
+            live_repos: dict[str, Repo] = {}
+            for root, r in repos.items():
+                old = self.repos.get(root)
+                if old is None:
+                    live_repos[root] = r
+                    out.new_repos.append(r)
+                    continue
+                out.gone_instances += [(old, i) for name, i in old.instances.items() if name not in r.instances]
+                out.new_instances += [(old, i) for name, i in r.instances.items() if name not in old.instances]
+                if old.to_json() != r.to_json():
+                    out.changed_repos.append(old)
+                    _adopt(old, r)
+                live_repos[root] = old
+            out.gone_repos = [(r, [n for n in self.nodes.values() if n.repo == r.root])
+                              for root, r in self.repos.items() if root not in repos]
+            live_nodes: dict[str, Node] = {}
+            by_version = dict(self.by_version)
+            anc = dict(self._anc)
+            for n in sorted(nodes.values(), key=lambda n: n.version_id):  # parents first
+                old = self.nodes.get(n.uuid)
+                if old is None:
+                    live_nodes[n.uuid] = n
+                    by_version[n.version_id] = n
+                    s = {n.version_id}
+                    for par in n.parents:
+                        s |= anc[nodes[par].version_id]
+                    anc[n.version_id] = frozenset(s)
+                    out.new_nodes.append(n)
+                    continue
+                if old.to_json() != n.to_json():
+                    out.changed_nodes.append((old, old.locked))
+                    _adopt(old, n)
+                live_nodes[n.uuid] = old
+            self._anc, self.by_version = anc, by_version
+            self.repos, self.nodes = live_repos, live_nodes
+            return out
 
     # ------------------------------------------------------------- ancestry
     def ancestors(self, version: int) -> frozenset[int]:
@@ -728,6 +785,19 @@ class VersionDB:
         """The node and its ancestors, newest first (DVID's log walk, all parents)."""
         return sorted((self.by_version[v] for v in self.ancestors(node.version_id)),
                       key=lambda n: -n.version_id)
+
+
+@dataclass
+class Followed:
+    """What `VersionDB.follow` found changed by another process."""
+
+    new_repos: list[Repo] = field(default_factory=list)
+    changed_repos: list[Repo] = field(default_factory=list)
+    new_instances: list[tuple[Repo, Instance]] = field(default_factory=list)
+    gone_repos: list[tuple[Repo, list[Node]]] = field(default_factory=list)   # with their nodes
+    new_nodes: list[Node] = field(default_factory=list)
+    changed_nodes: list[tuple[Node, bool]] = field(default_factory=list)      # (node, was locked)
+    gone_instances: list[tuple[Repo, Instance]] = field(default_factory=list)
 
 
 def _adopt(live: Node | Repo, staged: Node | Repo) -> None:
