@@ -12,23 +12,27 @@ before.  Checked three ways:
   and cached (gray slices through read-ahead, label mappings after a merge),
   a commit, a branch, a new instance, a deletion, and a reader that fell
   behind a checkpoint (the log it missed was deleted, so it reloads whole);
-* a real read-only mount in another process, with `ls`, `cat` and `cp`,
+* a real read-only mount in another process, with `ls`, `cat` and `cp`, and a
+  read-only `dvidfs serve` in another process over DVID's HTTP API, each
   following a writer in this process by itself (no call from the test).
 """
 from __future__ import annotations
 
+import io
 import json
 import subprocess
 import time
 
 import numpy as np
 import pytest
+import requests
 from PIL import Image
 
 from dvidfs.core import Change, Dvid
 from dvidfs.errors import ReadOnlyError
 from dvidfs.samplestore import build_sample_store
 from mounting import mounted
+from test_server import serving
 from test_s3 import bucket, engine, objects, pfx, s3, url  # noqa: F401  (fixtures)
 
 SHAPE = (64, 64, 64)
@@ -158,7 +162,6 @@ def _png(path) -> np.ndarray | None:
     r = subprocess.run(["cat", path], capture_output=True)
     if r.returncode != 0:
         return None
-    import io
     return np.asarray(Image.open(io.BytesIO(r.stdout)))
 
 
@@ -200,3 +203,28 @@ def test_a_read_only_mount_in_another_process_follows_the_writer(s3, bucket, pfx
             info = repo / child.uuid / ".dvid/info.json"
             _wait_for("the commit", lambda: json.loads(subprocess.run(
                 ["cat", info], capture_output=True, text=True, check=True).stdout)["Locked"])
+
+
+def test_a_read_only_server_in_another_process_follows_the_writer(s3, bucket, pfx):
+    """`dvidfs serve s3://…&readonly=1`: DVID's HTTP API of a reader shows the
+    writer's new node and its voxels, and refuses writes."""
+    where = url(s3, bucket, pfx)
+    with Dvid.init(where) as w:
+        root_uuid = build_sample_store(w, SHAPE, block_size=16)
+        wroot = w.node(root_uuid)
+        wgray = w.data(wroot, "grayscale")
+        with serving(where + "&readonly=1") as (_proc, http):
+            dag = requests.get(f"{http}/api/repo/{root_uuid}/info").json()["DAG"]["Nodes"]
+            assert list(dag) == [root_uuid]
+            child = w.branch(wroot, "edit")
+            new = _slab(7)
+            wgray.write(child, (0, 0, 8), new)
+            _wait_for("the new node over HTTP", lambda: child.uuid in requests.get(
+                f"{http}/api/repo/{root_uuid}/info").json()["DAG"]["Nodes"])
+            raw = requests.get(f"{http}/api/node/{child.uuid}/grayscale/raw/0_1/64_64/0_0_10")
+            assert raw.status_code == 200
+            np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(raw.content))), new[2])  # DVID: 2-D is PNG
+            r = requests.post(f"{http}/api/node/{child.uuid}/grayscale/raw/0_1_2/64_64_1/0_0_10",
+                              data=bytes(64 * 64))
+            assert r.status_code >= 400 and "read-only" in r.text
+            np.testing.assert_array_equal(w.read_slice(child, wgray, "xy", 10), new[2])
