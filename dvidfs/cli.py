@@ -133,7 +133,16 @@ def cmd_export(args) -> None:
 
 
 def cmd_downres(args) -> None:
-    with _open(args) as s:
+    from dvidfs.errors import StoreBusyError
+    try:
+        s = _open(args)
+    except StoreBusyError as exc:   # a mount or a server has the store: it can do it
+        levels = f" {args.levels}" if args.levels else ""
+        raise StoreBusyError(f"{exc}. To build the pyramid meanwhile, write '{args.data}{levels}' to "
+                             f"MOUNT/<repo>/<uuid>/.dvid/downres, or POST "
+                             f"/api/node/<uuid>/{args.data}/downres{'?levels=' + str(args.levels) if levels else ''}"
+                             ) from None
+    with s:
         node = s.node(args.node)
         vol = _volume(s, node, args.data)
         with _progress(0, f"downres {args.data}", "block") as bar:

@@ -1,7 +1,8 @@
 """Frictions a new user met (issue 15, item 8), each checked where it bit:
 `-s STORE` after the subcommand, 16-bit stacks (--rescale/--clip), export to an
 unknown format, voxel sizes in exported and mounted TIFFs, a missing mount
-point, the bench's --quick marks, and scripts/setup without python3-venv."""
+point, the bench's --quick marks, scripts/setup without python3-venv, and
+`downres` of a store that is mounted or served."""
 from __future__ import annotations
 
 import importlib.util
@@ -304,3 +305,41 @@ def test_setup_installs_venv_support_when_python_lacks_it(tmp_path):
     (tree / ".venv" / "bin" / "pip").unlink()                             # a venv without pip
     again = run()
     assert "python -m venv --clear .venv" in again and not any(x.startswith("apt-get") for x in again)
+
+
+@pytest.mark.mount
+def test_downres_while_mounted_goes_through_the_mount_or_http(tmp_path):
+    """`dvidfs downres` of a mounted store says how to do it meanwhile, and both
+    ways work: `.dvid/downres` in the mount and POST …/downres over HTTP; the
+    levels equal a numpy 2x2x2 mean of level 0, rounded half up."""
+    import requests
+
+    from serving import served
+    p = tmp_path / "store"
+    vol = (np.arange(48 * 40 * 32, dtype=np.int64).reshape(48, 40, 32) * 7919 % 251).astype(np.uint8)
+    with Dvid.init(p) as s:
+        root = s.node(s.new_repo("em").root)
+        for name in ("gray", "other"):
+            s.new_instance(root, name, "grayscale", block_size=8).write(root, (0, 0, 0), vol)
+    mnt = tmp_path / "mnt"
+    with mounted(p, mnt):
+        r = dv("-s", p, "downres", "em", "gray", "--levels", "2", check=False)
+        one_line_error(r, f"mounted at {mnt}", "write 'gray 2' to MOUNT/<repo>/<uuid>/.dvid/downres",
+                       "/api/node/<uuid>/gray/downres?levels=2")
+        node = mnt / "em" / root.uuid
+        assert not (node / "gray" / "s1").exists()
+        (node / ".dvid" / "downres").write_text("gray 2\n")
+        s1 = np.asarray(Image.open(node / "gray" / "s1" / "xy" / "00003.png"))
+        assert sorted(os.listdir(node / "gray" / "s2" / "xy"))[-1] == "00011.png"
+        with pytest.raises(OSError):                       # an unknown instance: refused, named
+            (node / ".dvid" / "downres").write_text("nosuch\n")
+        assert "nosuch" in (node / ".dvid" / "last-error").read_text()
+    mean = vol.reshape(24, 2, 20, 2, 16, 2).astype(np.float64).mean(axis=(1, 3, 5))
+    np.testing.assert_array_equal(s1, np.floor(mean[3] + 0.5).astype(np.uint8))
+    with Dvid(p) as s, served(s) as url:
+        r = requests.post(f"{url}/api/node/{root.uuid}/other/downres?levels=x")
+        assert r.status_code == 400 and "levels" in r.text
+        r = requests.post(f"{url}/api/node/{root.uuid}/other/downres")
+        assert r.status_code == 200 and r.json() == {"Levels": 3}
+        n = s.node(root.uuid)
+        assert s.data(n, "other").pyramid_levels(n) == 3

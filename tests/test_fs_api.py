@@ -239,8 +239,8 @@ def test_listings_in_coordinate_order(any_core):
     node = t.lookup(repo, w.node.uuid)
     assert names(t, node) == [".dvid", "gray"]
     assert names(t, t.lookup(node, ".dvid")) == sorted(
-        ["commit", "branch", "merge", "resolve", "conflicts", "tag", "newdata", "note", "log", "info.json",
-         "last-error"])
+        ["commit", "branch", "merge", "resolve", "conflicts", "tag", "newdata", "downres", "note", "log",
+         "info.json", "last-error"])
     inst = t.lookup(node, "gray")
     assert names(t, inst) == ["info.json", "precomputed", "xy", "xz", "yz"]
     info = json.loads(t.read(t.lookup(inst, "info.json")))
@@ -607,6 +607,10 @@ def _bad_cases():
         ("newdata-no-name", ctl("newdata", "grayscale"), errno.EINVAL),
         ("newdata-bad-blocksize", ctl("newdata", "grayscale x y"), errno.EINVAL),
         ("newdata-taken", ctl("newdata", "grayscale gray"), errno.EEXIST),
+        ("downres-nothing", ctl("downres", ""), errno.EINVAL),
+        ("downres-bad-levels", ctl("downres", "gray many"), errno.EINVAL),
+        ("downres-zero-levels", ctl("downres", "gray 0"), errno.EINVAL),
+        ("downres-unknown-instance", ctl("downres", "nope"), errno.ENOENT),
         ("branch-open-node", ctl("branch", "feature"), errno.EINVAL),
         ("merge-nothing", ctl("merge", ""), errno.EINVAL),
         ("merge-self", lambda w: w.tree.control(w.ctl("merge"), w.node.uuid), errno.EINVAL),

@@ -33,6 +33,7 @@ CONTROL_FILES = {
     "tag": "write a name: tag this committed node (a committed child on branch tag-NAME)",
     "newdata": ("write 'grayscale NAME [BLOCKSIZE]', 'labels NAME [BLOCKSIZE]', 'keyvalue NAME' or "
                 "'roi NAME [BLOCKSIZE]': new data instance"),
+    "downres": "write 'DATA [LEVELS]': store the pyramid of volume DATA (as `dvidfs downres`)",
     "note": "read/write the node's note",
     "log": "read the node's log; each line written is appended",
     "info.json": "read: the node's info as JSON (DVID field names)",
@@ -277,6 +278,22 @@ def _newdata(core, node, text: str) -> str:
     return f"created {parts[0]} instance {parts[1]}"
 
 
+def _downres(core, node, text: str) -> str:
+    """`dvidfs downres` through the mount (the store is the mount's while mounted)."""
+    parts = text.split()
+    if len(parts) not in (1, 2):
+        raise InvalidInputError("write 'DATA [LEVELS]', e.g. 'grayscale' or 'grayscale 3'")
+    data = core.data(node, parts[0])
+    if "volume" not in data.offers:
+        raise InvalidInputError(f"{parts[0]!r} is a {data.typename} instance: only volumes have a pyramid")
+    try:
+        levels = int(parts[1]) if len(parts) == 2 else None
+    except ValueError:
+        raise InvalidInputError(f"levels {parts[1]!r} is not a number") from None
+    n = data.build_pyramid(node, levels)
+    return f"{parts[0]!r}: levels 1..{n} stored"
+
+
 def _note(core, node, text: str) -> str:
     core.set_note(node, text)
     return "note set"
@@ -288,4 +305,4 @@ def _log(core, node, text: str) -> str:
 
 
 _COMMANDS = {"commit": _commit, "branch": _branch, "merge": _merge, "resolve": _resolve, "tag": _tag,
-             "newdata": _newdata, "note": _note, "log": _log}
+             "newdata": _newdata, "downres": _downres, "note": _note, "log": _log}

@@ -517,6 +517,17 @@ def _scale_checked(c: Call) -> int:
 
 
 # ---------------------------------------------------------------- extents, points
+def _post_downres(c: Call) -> Response:
+    """dvidfs addition: store the pyramid (`dvidfs downres`; `?levels=N`, default
+    until one block), so a served or mounted store need not be stopped for it.
+    Answers {"Levels": n} once every level is stored."""
+    text = c.req.query.get("levels", "")
+    if text and not text.isdigit():
+        raise InvalidInputError(f"levels={text!r} is not a number")
+    n = c.data.build_pyramid(c.node, int(text) if text else None)
+    return json_response({"Levels": n})
+
+
 def _post_extents(c: Call) -> Response:
     d = c.req.json_object()
     pts = []
@@ -585,6 +596,7 @@ def register(routes: Routes) -> None:
     routes.endpoint(both, "raw", "POST", _post_raw)
     routes.endpoint(both, "isotropic", "GET", _isotropic)
     routes.endpoint(both, "extents", "POST", _post_extents)
+    routes.endpoint(both, "downres", "POST", _post_downres)
     routes.endpoint("grayscale", "subvolblocks", "GET", _subvolblocks, inline=_few_blocks)
     routes.endpoint("grayscale", "specificblocks", "GET", _gray_specificblocks, inline=_few_blocks)
     routes.endpoint("labels", "specificblocks", "GET", _label_specificblocks)
