@@ -46,7 +46,7 @@ from dvidfs.data.labels import Labels
 from dvidfs.data.readahead import ReadAhead
 from dvidfs.data.roi import Roi
 from dvidfs.data.types import DataType, TypeContext, TypeRegistry, WriteGenerations
-from dvidfs.errors import NotFoundError, StoreBusyError
+from dvidfs.errors import DvidfsError, NotFoundError, StoreBusyError
 from dvidfs.store.cache import LRUCache
 from dvidfs.store.engine import OrderedKV
 from dvidfs.store.open import is_remote, open_engine
@@ -203,8 +203,10 @@ class Dvid:
                         return
                 try:
                     self.follow()
-                except Exception:   # an unreachable store: serve what is known, try again
-                    log.warning("cannot follow the writer of %s", self.path, exc_info=True)
+                except DvidfsError as exc:   # an unreachable store: serve what is known, try again
+                    log.warning("cannot follow the writer of %s: %s", self.path, exc)
+                except Exception:
+                    log.exception("following the writer of %s failed", self.path)
         self._follower = threading.Thread(target=run, name="dvidfs-follow", daemon=True)
         self._follower.start()
 

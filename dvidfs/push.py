@@ -27,15 +27,22 @@ counters, and removes the reservations.  Killed anywhere, a re-run finds the
 node absent (or present and complete), reuses the same ids and re-puts the
 same keys: it completes and duplicates nothing.
 
-Diverged history: a node present in both stores with different parents or
-repo, or open in dst, is refused with its UUID named; so is a repo name that
+Diverged history: a node present in both stores with different parents, repo
+or tag, or open in dst, is refused with its UUID named; so is a repo name that
 dst gives a different repo, or an instance whose type or creating node differs.
+Tags (a committed node on branch "tag-NAME" with `tag` NAME): tag names are
+unique in a store and differ from every repo name, so a node to send whose tag
+dst gives another node (or a repo) is refused, naming the tag and both UUIDs,
+before anything is written (and again by the receiver's `finish`); the same tag
+node already in dst is present like any other.
 
 Sender and receiver.  `transfer(sender, receiver)` is the one implementation:
 a `Sender` describes the source (`plan`: the nodes to send as JSON records,
 their repos and instances with the source's ids, the counters) and streams a
 node's records in the source's ids (`page`: change-index entries, values,
-chunks, tombstone marks, in bounded pages); a `Receiver` reports what the
+chunks, tombstone marks, in bounded pages; a page's values are announced to
+the engine before they are read (`prefetch`, `plan`), so from an S3 store they
+come ahead, in parallel, neighbours in one GET); a `Receiver` reports what the
 destination has (`state`), reserves ids (`reserve`), writes raw key batches
 in its own ids (`put`, refused unless every key belongs to a reserved,
 unfinished version) and finishes a node in one batch (`finish`).  All id
@@ -150,6 +157,7 @@ def transfer(sender: "Sender", receiver: "Receiver", refs: list[str] | None = No
         else:
             send.append(n)
     _check_repos(plan, state, send)
+    _check_tags(plan, state, send)
     counts = sender.count([n["uuid"] for n in send]) if send else []
     total = sum(counts)
     if progress:
@@ -173,7 +181,34 @@ def _check_present(n: dict, state: dict) -> bool:
     if not d["locked"]:
         raise ConflictError(f"diverged history: node {n['uuid']} is open in the destination (it may hold "
                             "changes the source lacks); refusing to overwrite")
+    if "tag" in d and d["tag"] != n.get("tag", ""):
+        raise ConflictError(f"diverged history: node {n['uuid']} is tagged {d['tag']!r} in the destination "
+                            f"but {n.get('tag', '')!r} in the source; refusing to overwrite")
     return True
+
+
+def _check_tags(plan: dict, state: dict, send: list[dict]) -> None:
+    """Tag names are unique in a store (and differ from every repo name): a node
+    to send whose tag the destination gives another node is refused, before
+    anything is written.  (The same tag node already there is simply present.)"""
+    dtags = {d["tag"]: u for u, d in state["nodes"].items() if d.get("tag")}
+    aliases = {r["alias"]: root for root, r in state["repos"].items()}
+    for n in send:
+        tag = n.get("tag") or ""
+        if not tag:
+            continue
+        other = dtags.get(tag)
+        if other is not None and other != n["uuid"]:
+            raise ConflictError(f"tag {tag!r} names node {other} in the destination but node {n['uuid']} "
+                                "in the source (tag names are unique in a store); refusing to overwrite")
+        if tag in aliases:
+            raise ConflictError(f"tag {tag!r} of node {n['uuid']} is the name of repo {aliases[tag]} in the "
+                                "destination (a tag must differ from every repo name)")
+    for root in {n["repo"] for n in send}:
+        alias = plan["repos"][root]["alias"]
+        if root not in state["repos"] and alias in dtags:
+            raise ConflictError(f"repo {alias!r} ({root}) is the name of a tag of node {dtags[alias]} "
+                                "in the destination (a repo name must differ from every tag)")
 
 
 def _check_repos(plan: dict, state: dict, send: list[dict]) -> None:
@@ -394,13 +429,25 @@ class LocalSender:
         out: list[tuple[bytes, bytes]] = []
         count = size = 0
         with s.engine.snapshot() as snap:
+            # the page's change entries first (keys only), then their values
+            # announced before they are read: a remote engine (S3) fetches them
+            # ahead, in parallel, neighbours in one request (LevelDB has no
+            # `prefetch` and reads as before)
+            entries = []
             for ck in snap.scan(p if after is None else after + b"\x00", keys.prefix_end(p),
                                 include_value=False):
                 _, inst_id, tk = keys.split_change_key(ck)
+                entries.append((ck, inst_id, [keys.data_key(inst_id, tk, n.version_id, tomb)
+                                              for tomb in (False, True)]))
+                if len(entries) >= max_keys:
+                    break
+            prefetch = getattr(snap, "prefetch", None)
+            if prefetch is not None and entries:
+                prefetch([dk for _, _, dks in entries for dk in dks])
+            for ck, inst_id, dks in entries:
                 out.append((ck, b""))
                 count += 1
-                for tomb in (False, True):
-                    dk = keys.data_key(inst_id, tk, n.version_id, tomb)
+                for tomb, dk in enumerate(dks):
                     val = snap.get(dk)
                     if val is None:
                         continue
@@ -408,7 +455,7 @@ class LocalSender:
                     size += len(val)
                     inst = by_id.get(inst_id)
                     if not tomb and inst is not None and inst.typename == kvmod.KeyValue.typename:
-                        size += _own_chunks(snap, out, inst_id, n.version_id, val)
+                        size += _own_chunks(snap, out, inst_id, n.version_id, val, prefetch is not None)
                 if count >= max_keys or len(out) >= 4 * max_keys or size >= max_bytes:
                     return out, ck, count
             mine = s.db.ancestors(n.version_id)
@@ -427,14 +474,29 @@ class LocalSender:
         return n
 
 
-def _own_chunks(snap, out: list, inst_id: int, version: int, head: bytes) -> int:
-    """The chunks of a large value whose blob `version` owns (not in the change index)."""
+def _own_chunks(snap, out: list, inst_id: int, version: int, head: bytes, remote: bool = False) -> int:
+    """The chunks of a large value whose blob `version` owns (not in the change
+    index).  `remote` (an engine that fetches ahead): read them with a cursor
+    whose `plan` names their key range, so they come in parallel without
+    disturbing the snapshot's announced reads of the page."""
     m = kvmod._Manifest.parse(head)
     if m is None or m.version != version:
         return 0
+    want = [m.chunk_key(inst_id, i) for i in range(m.nchunks)]
     size = 0
-    for i in range(m.nchunks):
-        k = m.chunk_key(inst_id, i)
+    if remote and want:
+        with snap.cursor() as c:
+            plan = getattr(c, "plan", None)
+            if plan is not None:
+                plan([(want[0], keys.prefix_end(want[-1]))])
+            for k in want:
+                c.seek(k)
+                if c.valid() and c.key() == k:
+                    chunk = c.value()
+                    out.append((k, chunk))
+                    size += len(chunk)
+        return size
+    for k in want:
         chunk = snap.get(k)
         if chunk is not None:
             out.append((k, chunk))
@@ -469,7 +531,7 @@ class LocalReceiver:
         db = self.dvid.db
         with db.lock:
             nodes = {u: {"version_id": n.version_id, "repo": n.repo, "parents": list(n.parents),
-                         "locked": n.locked} for u, n in db.nodes.items()}
+                         "locked": n.locked, "tag": n.tag} for u, n in db.nodes.items()}
             repos = {}
             for root, r in db.repos.items():
                 insts = {}
@@ -576,11 +638,20 @@ class LocalReceiver:
         strings = lambda x: isinstance(x, list) and all(isinstance(y, str) for y in x)
         if not (isinstance(nj.get("branch"), str) and isinstance(nj.get("note"), str)
                 and strings(nj.get("log")) and strings(nj.get("parents")) and strings(rj.get("log"))
+                and isinstance(nj.get("tag", ""), str)
                 and all(isinstance(nj.get(t), (int, float)) for t in ("created", "updated"))):
             raise InvalidInputError(f"malformed finish request: fields of node {uuid}")
         with db.lock:
             if uuid in db.nodes:
                 raise ConflictError(f"node {uuid} already exists in the destination")
+            tag = nj.get("tag", "")
+            if tag:
+                other = db.tags().get(tag)
+                if other is not None:
+                    raise ConflictError(f"tag {tag!r} names node {other.uuid} in the destination but node "
+                                        f"{uuid} in the source (tag names are unique in a store)")
+                if any(r.alias == tag for r in db.repos.values()):
+                    raise ConflictError(f"tag {tag!r} of node {uuid} is a repo name in the destination")
             if self._reservations(f"version:{uuid}").get("") != v:
                 raise InvalidInputError(f"version id {v} is not the one reserved for node {uuid}")
             drepo = db.repos.get(rj["root"])
@@ -590,6 +661,8 @@ class LocalReceiver:
                     raise NotFoundError(f"repo {rj['root']} of node {uuid} is not in the destination")
                 if any(r.alias == rj["alias"] for r in db.repos.values()):
                     raise ConflictError(f"the destination has a different repo named {rj['alias']!r}")
+                if rj["alias"] in db.tags():
+                    raise ConflictError(f"repo name {rj['alias']!r} is a tag in the destination")
                 drepo = Repo(root=rj["root"], alias=str(rj["alias"]), description=str(rj["description"]),
                              log=[str(x) for x in rj["log"]], created=float(rj["created"]),
                              updated=float(rj["updated"]))

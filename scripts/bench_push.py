@@ -24,6 +24,17 @@ random places (proofreading-sized edits) and is committed; then into a fresh
 store the parent is pushed (= a copy of the whole volume), and the child after
 it (only the keys it wrote), locally and into a `dvidfs serve`; `cp -r` of the
 store directory is the file-copy baseline.  Bytes sent and time for each.
+
+    .venv/bin/python scripts/bench_push.py --s3 [--size 256,256,256] [--rounds 3]
+
+Pushing *from* an S3 store: a grayscale sample (32³ blocks, EM-like noise, so
+every block is a large value in a pack) is built in a SeaweedFS (tests/seaweed.py,
+started here and stopped by PID), and its committed node is pushed into a fresh
+LevelDB store from a freshly opened S3 engine (empty value cache), counting the
+GET requests (a counting boto3 client) and the time, two ways per round:
+"sequential" hides the snapshot's `prefetch` from the sender (one GET per value,
+as push read before it announced its pages), "planned" is the sender as it is
+(each page's values announced: fetched ahead in parallel, neighbours in one GET).
 """
 from __future__ import annotations
 
@@ -126,15 +137,113 @@ def delta(edge: int, fraction: float, work: Path) -> None:
               f"{t / base_t:13.3f}x {b / base_b:14.3f}x")
 
 
+class _CountingClient:
+    """A boto3 client whose get_object calls are counted."""
+
+    def __init__(self, inner):
+        import threading
+        self.inner, self.gets, self.lock = inner, 0, threading.Lock()
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def get_object(self, **kw):
+        with self.lock:
+            self.gets += 1
+        return self.inner.get_object(**kw)
+
+
+class _Unplanned:
+    """An engine whose snapshots hide `prefetch`: the sender reads one value at a time."""
+
+    def __init__(self, engine):
+        self._e = engine
+
+    def __getattr__(self, name):
+        return getattr(self._e, name)
+
+    def snapshot(self):
+        from contextlib import contextmanager
+
+        class Snap:
+            def __init__(self, inner):
+                self._s = inner
+
+            def get(self, key):
+                return self._s.get(key)
+
+            def scan(self, *a, **kw):
+                return self._s.scan(*a, **kw)
+
+        @contextmanager
+        def cm():
+            with self._e.snapshot() as snap:
+                yield Snap(snap)
+        return cm()
+
+
+def from_s3(size, rounds: int, work: Path) -> dict:
+    """Push of a committed gray sample node out of an S3 store: GETs and seconds."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    from seaweed import SeaweedFS
+    from dvidfs.store.s3 import S3Engine, make_client
+    rows: dict[str, list[dict]] = {"sequential": [], "planned": []}
+    with SeaweedFS() as server:
+        bucket = server.new_bucket("bench-push")
+        t = time.perf_counter()
+        with Dvid(engine=S3Engine(bucket, "src", client=server.engine_client(), create=True)) as s:
+            uuid = build_sample_store(s, size, labels=False, block_size=32)
+        print(f"S3 source: {'x'.join(map(str, size))} gray built in {time.perf_counter() - t:.1f} s",
+              file=sys.stderr)
+        for r in range(rounds):
+            for way in (("sequential", "planned") if r % 2 == 0 else ("planned", "sequential")):
+                client = _CountingClient(make_client(server.endpoint, credentials=(server.access_key,
+                                                                                   server.secret_key)))
+                with Dvid(engine=S3Engine(bucket, "src", client=client, readonly=True)) as s, \
+                        Dvid(str(fresh(work / "from-s3"))) as dst:
+                    if way == "sequential":
+                        s.engine = _Unplanned(s.engine)      # only the sender reads through it
+                    client.gets = 0
+                    t, rep = timed(lambda: push(s, dst, nodes=[s.node(uuid)]))
+                    rows[way].append({"s": t, "gets": client.gets, "keys": rep.keys, "bytes": rep.bytes})
+    out = {}
+    print(f"push out of S3 (SeaweedFS) into LevelDB: {'x'.join(map(str, size))} gray, 32³ blocks, "
+          f"{rounds} round(s), medians")
+    print(f"{'':<12} {'time':>8} {'GETs':>6} {'values':>7} {'MiB':>7} {'MiB/s':>7}")
+    for way, rs in rows.items():
+        t = statistics.median(r["s"] for r in rs)
+        g = statistics.median(r["gets"] for r in rs)
+        mib = rs[0]["bytes"] / 2**20
+        out[way] = {"seconds": t, "gets": g, "keys": rs[0]["keys"], "MiB": mib,
+                    "rounds": [{"seconds": r["s"], "gets": r["gets"]} for r in rs]}
+        print(f"{way:<12} {t:7.2f}s {g:>6.0f} {rs[0]['keys']:>7} {mib:7.1f} {mib / t:7.1f}")
+    a, b = out["sequential"], out["planned"]
+    print(f"planned / sequential: {b['gets'] / a['gets']:.3f}x GETs, {b['seconds'] / a['seconds']:.2f}x time "
+          f"({a['seconds'] / b['seconds']:.1f}x faster)")
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--size", default="512,512,512", help="sample size x,y,z (default 512,512,512)")
+    ap.add_argument("--size", help="sample size x,y,z (default 512,512,512; with --s3 256,256,256)")
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--json", help="write the numbers here")
     ap.add_argument("--delta", action="store_true", help="one changed version vs the whole volume")
     ap.add_argument("--edge", type=int, default=1024, help="--delta: volume edge (default 1024: 1 GiB)")
     ap.add_argument("--fraction", type=float, default=0.01, help="--delta: share of blocks changed")
+    ap.add_argument("--s3", action="store_true", help="push out of an S3 store: GETs and time, "
+                    "values read one by one vs announced (default size 256,256,256)")
     args = ap.parse_args()
+    if args.s3:
+        size = tuple(int(v) for v in (args.size or "256,256,256").split(","))
+        work = Path(tempfile.mkdtemp(prefix="bench-push-s3-"))
+        try:
+            out = from_s3(size, args.rounds, work)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        if args.json:
+            Path(args.json).write_text(json.dumps({"size": size, "rounds": args.rounds, "from_s3": out}, indent=1))
+        return
     if args.delta:
         work = Path(tempfile.mkdtemp(prefix="bench-push-delta-"))
         try:
@@ -142,7 +251,7 @@ def main() -> None:
         finally:
             shutil.rmtree(work, ignore_errors=True)
         return
-    size = tuple(int(v) for v in args.size.split(","))
+    size = tuple(int(v) for v in (args.size or "512,512,512").split(","))
     work = Path(tempfile.mkdtemp(prefix="bench-push-"))
     rows: dict[str, list[dict]] = {"local push": [], "push into dvidfs serve": [], "pull from dvidfs serve": []}
     try:

@@ -163,6 +163,62 @@ def test_diverged_history_is_refused(src, dst):
             push(src, d2)
 
 
+def test_tag_the_destination_gives_another_node_is_refused_before_anything_is_written(src, dst):
+    root = src.node(src.repos()[0].root)
+    push(src, dst)
+    child = _edit(src, root)
+    tag = src.tag(child, "v1")
+    theirs = dst.tag(dst.node_by_uuid(root.uuid), "v1")       # the same name, another node
+    n_keys = lambda e: sum(1 for _ in e.scan(b"\x00", b"\xff", include_value=False))
+    before, version = n_keys(dst.engine), dst.db.last_id("version")
+    with pytest.raises(ConflictError) as err:
+        push(src, dst)
+    msg = str(err.value)
+    assert "'v1'" in msg and tag.uuid in msg and theirs.uuid in msg, msg
+    # refused before anything was written: not even the untagged child went
+    assert child.uuid not in dst.db.nodes and n_keys(dst.engine) == before
+    assert dst.db.last_id("version") == version
+    assert dst.tags()["v1"].uuid == theirs.uuid
+    # the rest of the history still travels when the tag node is left out
+    assert push(src, dst, nodes=[child]).sent == [child.uuid]
+    _equal_at(src, dst, child.uuid)
+    # the same UUID tagged differently in each store: diverged
+    src.db.tag(root, "v5", uuid="ef" * 16)
+    dst.db.tag(dst.node_by_uuid(root.uuid), "v6", uuid="ef" * 16)
+    with pytest.raises(ConflictError, match="ef" * 16):
+        push(src, dst)
+    # a repo name that is a tag in the destination is refused as well
+    with Dvid.init(dst.path + "-2") as d2:
+        r = d2.new_repo("other")
+        n = d2.node(r.root)
+        d2.commit(n)
+        d2.tag(n, "sample-v")
+        with Dvid.init(src.path + "-2") as s2:
+            s2.new_repo("sample-v")
+            s2.commit(s2.node("sample-v"))
+            with pytest.raises(ConflictError, match="sample-v"):
+                push(s2, d2)
+            assert len(d2.repos()) == 1
+
+
+def test_tag_node_already_in_the_destination_is_present(src, dst):
+    root = src.node(src.repos()[0].root)
+    child = _edit(src, root)
+    tag = src.tag(child, "v1")
+    rep = push(src, dst)
+    assert rep.sent == [root.uuid, child.uuid, tag.uuid]
+    got = dst.tags()["v1"]
+    assert got.uuid == tag.uuid and got.locked and got.branch == "tag-v1" and got.parents == [child.uuid]
+    assert dst.node("v1").uuid == tag.uuid
+    _equal_at(src, dst, tag.uuid)
+    again = push(src, dst)
+    assert again.sent == [] and again.present == [root.uuid, child.uuid, tag.uuid] and again.keys == 0
+    assert push(src, dst, nodes=[src.node("v1")]).sent == []
+    # a later tag of a present node: only the tag node goes
+    tag2 = src.tag(root, "v0")
+    assert push(src, dst).sent == [tag2.uuid] and dst.tags()["v0"].uuid == tag2.uuid
+
+
 def test_interrupted_push_completes_when_run_again(src, dst, monkeypatch):
     import dvidfs.push as mod
     monkeypatch.setattr(mod, "BATCH_KEYS", 50)
@@ -300,3 +356,50 @@ def test_kill_9_mid_push_then_run_again(src, tmp_path):
             push(s, clean)
             n = lambda e: sum(1 for _ in e.scan(b"\x01", b"\x05", include_value=False))
             assert n(d.engine) == n(clean.engine)
+
+
+class _CountingClient:
+    """A boto3 client whose get_object calls are counted."""
+
+    def __init__(self, inner):
+        import threading
+        self.inner, self.gets, self.lock = inner, 0, threading.Lock()
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def get_object(self, **kw):
+        with self.lock:
+            self.gets += 1
+        return self.inner.get_object(**kw)
+
+
+def test_push_from_s3_fetches_values_ahead_and_together(seaweedfs, tmp_path):
+    """An S3 source: the sender announces each page's keys (the engine's
+    `prefetch`), so the values come in parallel ranged GETs of neighbours,
+    far fewer than one GET per value; the pushed node reads the same."""
+    from seaweed import s3_engine, store_prefix
+
+    from dvidfs.store.s3 import S3Engine
+    inline = 256
+    with Dvid(engine=s3_engine(seaweedfs, tmp_path / "s3src", create=True, inline_max=inline)) as s:
+        uuid = build_sample_store(s, SIZE, block_size=8)
+        child = _edit(s, s.node_by_uuid(uuid)).uuid        # + a chunked keyvalue value (a planned cursor)
+    client = _CountingClient(seaweedfs.engine_client())
+    eng = S3Engine(seaweedfs.shared_bucket(), store_prefix(tmp_path / "s3src"), client=client, readonly=True)
+    with Dvid(engine=eng) as s, Dvid.init(tmp_path / "fromS3") as d:
+        client.gets = 0                            # cold: a fresh engine, nothing cached
+        rep = push(s, d)
+        gets = client.gets
+        assert rep.sent == [uuid, child]
+        # the values an S3 GET had to fetch (stored in packs: at least `inline` bytes)
+        packed = sum(1 for _, v in d.engine.scan(b"\x01", b"\x02") if len(v) >= inline)
+        print(f"S3 source: {gets} GETs for {packed} packed values")
+        assert packed >= 100 and gets <= packed / 4, (gets, packed)
+        a, b = s.node_by_uuid(uuid), d.node_by_uuid(uuid)
+        for name in ("grayscale", "segmentation"):
+            want = s.data(a, name).read(s.view(a), (0, 0, 0), SIZE)
+            got = d.data(b, name).read(d.view(b), (0, 0, 0), SIZE)
+            assert want.dtype == got.dtype and np.array_equal(want, got), name
+        _equal_at(s, d, uuid)
+        _equal_at(s, d, child)

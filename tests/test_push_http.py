@@ -18,7 +18,7 @@ import requests
 
 from conftest import full_scan
 from dvidfs.core import Dvid
-from dvidfs.errors import ConflictError
+from dvidfs.errors import ConflictError, DvidfsError
 from dvidfs.push import LocalReceiver, LocalSender, push, transfer
 from dvidfs.samplestore import build_sample_store
 from dvidfs.server.transfer import HttpReceiver, HttpSender, encode_records
@@ -97,6 +97,36 @@ def test_diverged_history_is_refused_over_http(src, dst):
         d2.commit(c)
         with pytest.raises(ConflictError, match="ab" * 16):
             transfer(HttpSender(url), LocalReceiver(d2))
+
+
+def test_tags_over_http_same_node_present_another_node_refused(src, dst, monkeypatch):
+    root = src.node(src.repos()[0].root)
+    tag = src.tag(root, "v1")
+    with served(dst) as url:
+        assert transfer(LocalSender(src), HttpReceiver(url)).sent == [root.uuid, tag.uuid]
+        assert dst.tags()["v1"].uuid == tag.uuid          # the served DAG in memory has it
+        again = transfer(LocalSender(src), HttpReceiver(url))
+        assert again.sent == [] and again.present == [root.uuid, tag.uuid]
+    # another node tagged "v2" in the served store than in the source
+    theirs = dst.tag(dst.node_by_uuid(root.uuid), "v2")
+    mine = src.tag(root, "v2")
+    with served(dst) as url:
+        before = full_scan(dst.engine)
+        with pytest.raises(ConflictError, match="'v2'") as err:
+            transfer(LocalSender(src), HttpReceiver(url))
+        assert mine.uuid in str(err.value) and theirs.uuid in str(err.value)
+        assert full_scan(dst.engine) == before
+        # the served store refuses it too (a client that skips the check): at `finish`
+        import dvidfs.push as mod
+        monkeypatch.setattr(mod, "_check_tags", lambda *a: None)
+        with pytest.raises(DvidfsError, match="'v2'"):
+            transfer(LocalSender(src), HttpReceiver(url))
+        assert mine.uuid not in dst.db.nodes and dst.tags()["v2"].uuid == theirs.uuid
+    monkeypatch.undo()
+    # pulling out of a served store: refused the same way
+    with served(src) as url:
+        with pytest.raises(ConflictError, match="'v2'"):
+            transfer(HttpSender(url), LocalReceiver(dst))
 
 
 def test_pull_from_a_served_store(src, dst):
