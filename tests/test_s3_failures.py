@@ -25,7 +25,9 @@
   (SIGCONT; a new gateway on the same port) the same read returns the right
   image.  The mount runs with DVIDFS_S3_TIMEOUT=2 / DVIDFS_S3_ATTEMPTS=2 so a
   stalled request fails after ~4 s instead of the default ~30 s (docs/s3.md,
-  "Errors"); the `cat` makes two such requests (~8 s).
+  "Errors"); the `cat` makes one such request (~4 s: the kernel's retry of the
+  failed read on the same handle gets the same error, fs/operations.py
+  FAILED_RENDER_HOLD).
 """
 from __future__ import annotations
 

@@ -57,6 +57,11 @@ IMMUTABLE_TIMEOUT = 3600.0
 RENAME_NOREPLACE, RENAME_EXCHANGE = 1, 2   # renameat2 flags
 MAX_COMMAND = 1 << 20   # a command file's text (a note, log lines)
 BLKSIZE = 128 * 1024
+# A render that failed answers the reads of its handle for this long: after a
+# failed readahead read the kernel reads the first page again at once (same
+# handle), which must not cost a second render (a second S3 timeout); a
+# program that retries read() later, or the next open, renders again.
+FAILED_RENDER_HOLD = 1.0
 
 
 class PermissionRefused(DvidfsError):
@@ -100,6 +105,7 @@ class Handle:
     limit: int = 0                  # uploads: the most bytes the target can take (EFBIG beyond)
     pending: bytearray = field(default_factory=bytearray)  # command files: text not yet acted on
     stream: object | None = None    # a streamed file (keys): read in pieces, closed at release
+    failed: tuple[float, BaseException] | None = None  # (when, why) its render last failed (read)
 
 
 @dataclass
@@ -496,7 +502,13 @@ class DvidOperations(pyfuse3.Operations):
         if h.data is None:
             async with h.loading:  # concurrent reads of one handle render once
                 if h.data is None:
-                    h.data = await self._run(self.tree.read, h.entry, False, limiter=self.render_limiter)
+                    if h.failed is not None and time.monotonic() - h.failed[0] < FAILED_RENDER_HOLD:
+                        raise h.failed[1]  # the kernel's retry of a failed read: the same answer
+                    try:
+                        h.data = await self._run(self.tree.read, h.entry, False, limiter=self.render_limiter)
+                    except Exception as exc:
+                        h.failed = (time.monotonic(), exc)
+                        raise
         return bytes(h.data[off:off + size])
 
     async def write(self, fh, off, buf):

@@ -26,7 +26,10 @@ atomicity argument are in docs/s3.md; in short:
   therefore memory operations (a snapshot is O(1)); only large values cost a
   ranged GET of their pack, fetched by a bounded thread pool ahead of the
   reader, neighbours in one request, and kept in an LRU (every object is
-  immutable: no revalidation ever).  Why packs and not one object per value
+  immutable: no revalidation ever).  Fetches are single-flight: a value
+  already on its way (another reader's GET, or a run some reader prefetches)
+  is waited for, not asked for again; a failure reaches every waiter, and the
+  next read asks again.  Why packs and not one object per value
   (DVID's naming): a request costs ~3 ms of client CPU, so a process reads
   at most ~300 objects/s however many threads wait, while one ranged GET
   moves 300+ MiB/s (docs/s3.md has the numbers).
@@ -51,7 +54,7 @@ import struct
 import threading
 import time
 from collections import Counter, OrderedDict
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from email.utils import parsedate_to_datetime
 from typing import Callable, Iterable, Iterator
@@ -277,10 +280,12 @@ class _Fetcher:
             if not run:
                 self.plan_iter = None
                 return
-            fut = e._pool.submit(e._fetch_run, run)
+            futs = e._prefetch(run)      # values on their way already (other readers): their futures
             for b in run:
-                self.ahead[b.name] = (fut, b.size)
-                self.ahead_bytes += b.size
+                fut = futs.get(b.name)
+                if fut is not None:      # else cached meanwhile: `value` finds it there
+                    self.ahead[b.name] = (fut, b.size)
+                    self.ahead_bytes += b.size
 
     def _next_run(self) -> list[_Blob]:
         """The next planned values to fetch: neighbours in one pack, not cached
@@ -432,6 +437,10 @@ class S3Engine(_ViewReader):
         self._s3 = client or make_client(endpoint, region, workers, credentials)
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="dvidfs-s3")
         self._cache = LRUCache(cache_bytes)
+        # single flight: value name -> the future of the ranged GET fetching it (result:
+        # {name: bytes} of its run), from when it is asked for until it is cached or failed
+        self._inflight: dict[str, Future] = {}
+        self._inflight_lock = threading.Lock()
         self._write_lock = threading.Lock()        # one apply (and one checkpoint switch) at a time
         self._refresh_lock = threading.Lock()
         self._manifest_lock = threading.RLock()     # checkpoints and collections advance MANIFEST in turn
@@ -1103,15 +1112,85 @@ class S3Engine(_ViewReader):
             raise self._error("read", name, exc) from None
 
     def _fetch(self, blob: _Blob) -> bytes:
-        """One value: from the cache, else a ranged GET of its pack."""
-        data = self._cache.get(blob.name)
-        if data is not None:
-            return data
-        return self._fetch_run([blob])[blob.name]
+        """One value: from the cache, else from the GET already fetching it
+        (another reader's, a prefetched run), else a ranged GET of its pack
+        in this thread."""
+        name = blob.name
+        while True:
+            data = self._cache.get(name)
+            if data is not None:
+                return data
+            futs, mine, fut = self._claim([blob])
+            if mine:
+                self._fetch_into(mine, fut)
+            if name in futs:
+                return futs[name].result()[name]
+            # cached between the two looks (and maybe evicted since): look again
+
+    def _prefetch(self, run: list[_Blob]) -> dict[str, Future]:
+        """Start fetching `run` (neighbours in one pack) in the pool: the
+        futures of its values, shared with whoever else waits for them (values
+        cached meanwhile are left out)."""
+        futs, mine, fut = self._claim(run)
+        if mine:
+            try:
+                work = self._pool.submit(self._fetch_into, mine, fut)
+            except RuntimeError as exc:                     # the pool is shut down (closing)
+                self._settle(mine, fut, None, exc)
+                raise
+            # cancelled by close (cancel_futures): its waiters must not wait forever
+            work.add_done_callback(lambda w: w.cancelled() and self._settle(mine, fut, None, CancelledError()))
+        return futs
+
+    def _claim(self, run: list[_Blob]) -> tuple[dict[str, Future], list[_Blob], Future | None]:
+        """Single flight: ({name: future} for each value of `run` not cached,
+        the values nobody fetches yet, the future they are now registered
+        under).  The caller must fetch those (`_fetch_into`) and so settle it."""
+        futs: dict[str, Future] = {}
+        mine: list[_Blob] = []
+        with self._inflight_lock:
+            for b in run:
+                f = self._inflight.get(b.name)
+                if f is not None:
+                    futs[b.name] = f
+                elif self._cache.get(b.name) is None:   # a GET that just ended cached it
+                    mine.append(b)                      # before leaving the map
+            fut = None
+            if mine:
+                fut = Future()
+                fut.set_running_or_notify_cancel()
+                for b in mine:
+                    self._inflight[b.name] = fut
+                    futs[b.name] = fut
+        return futs, mine, fut
+
+    def _fetch_into(self, run: list[_Blob], fut: Future) -> None:
+        """Fetch the claimed `run` and settle its future (result or error, for
+        every waiter alike); never raises."""
+        try:
+            out = self._fetch_run(run)
+        except BaseException as exc:
+            self._settle(run, fut, None, exc)
+        else:
+            self._settle(run, fut, out, None)
+
+    def _settle(self, run: list[_Blob], fut: Future, out: dict | None, exc: BaseException | None) -> None:
+        """The GET of `run` is over: off the in-flight map (so a read after a
+        failure asks again), then its waiters get the values or the error."""
+        with self._inflight_lock:
+            for b in run:
+                if self._inflight.get(b.name) is fut:
+                    del self._inflight[b.name]
+        if fut.done():
+            return
+        if exc is None:
+            fut.set_result(out)
+        else:
+            fut.set_exception(exc)
 
     def _fetch_run(self, run: list[_Blob]) -> dict[str, bytes]:
         """Values lying close together in one pack, with one ranged GET; each
-        goes into the cache."""
+        goes into the cache.  (Callers go through `_claim`: single flight.)"""
         first, last = run[0], run[-1]
         lo, hi = first.offset, last.offset + last.size
         pack = first.pack
