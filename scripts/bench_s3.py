@@ -15,7 +15,10 @@ in both (grayscale, 32³ blocks), and measures on each:
 * open: `Dvid(path)` of the finished store (S3: MANIFEST + checkpoint + log tail);
 * cold slices: xy 1024² (or the full xy size), a 256² xy window, xz and yz
   slices, each read once in a freshly opened `Dvid` (S3: empty value cache;
-  LevelDB: new process state, but the OS page cache over its files is warm).
+  LevelDB: new process state, but the OS page cache over its files is warm);
+  once more on S3 with `localcache=` filled by an earlier process (values read
+  from the local disk instead of ranged GETs; the open still reads MANIFEST,
+  checkpoint and log from S3).
 
 Numbers are medians over `--repeat` fresh opens; they are loopback numbers
 on whatever machine runs this (2 cores in CI), orders of magnitude only.
@@ -131,13 +134,20 @@ def main(argv=None) -> int:
                 root = r.pop("_root")
                 r.update(cold_reads(path, root, size, args.repeat))
                 results[name] = r
+            # a later process on this machine with the local disk cache filled by an earlier one
+            warm = stores["s3"] + "&localcache=" + os.path.join(tmp, "localcache")
+            cold_reads(warm, root, size, args.repeat)
+            results["s3-local"] = cold_reads(warm, root, size, args.repeat)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     keys = list(results["leveldb"])
-    print(f"{'measure':<34}{'LevelDB':>12}{'S3 (SeaweedFS)':>16}{'S3/LevelDB':>12}")
+    print(f"{'measure':<34}{'LevelDB':>12}{'S3 (SeaweedFS)':>16}{'S3/LevelDB':>12}"
+          f"{'S3, local cache':>17}{'/LevelDB':>10}")
     for k in keys:
         a, b = results["leveldb"][k], results["s3"][k]
-        print(f"{k:<34}{a:>12.1f}{b:>16.1f}{b / a if a else float('nan'):>12.2f}")
+        c = results["s3-local"].get(k)
+        tail = f"{c:>17.1f}{c / a if a else float('nan'):>10.2f}" if c is not None else ""
+        print(f"{k:<34}{a:>12.1f}{b:>16.1f}{b / a if a else float('nan'):>12.2f}{tail}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"size": size, "results": results}, f, indent=1)

@@ -10,6 +10,9 @@ S3 URL parameters (all optional):
     readonly=1                       open as a reader: no writer lease, follows the writer's commits
     cache=256M                       fetched values kept in memory (K/M/G suffixes)
     inline=4K                        values smaller than this live in the log, not in their own objects
+    localcache=/var/cache/dvidfs     also keep fetched values in files there (they never change), for
+                                     later processes on this machine; else $DVIDFS_S3_LOCAL_CACHE if set
+    localcachesize=4G                at most about this much in that directory (least recently used go)
 
 Credentials come from the usual AWS variables (AWS_ACCESS_KEY_ID /
 AWS_SECRET_ACCESS_KEY) or profile, never from the URL (it is shown in
@@ -27,7 +30,7 @@ from dvidfs.errors import InvalidInputError
 from dvidfs.store.engine import OrderedKV
 
 SCHEMES = ("s3://",)
-_PARAMS = {"endpoint", "region", "readonly", "cache", "inline"}
+_PARAMS = {"endpoint", "region", "readonly", "cache", "inline", "localcache", "localcachesize"}
 
 
 def is_remote(path) -> bool:
@@ -60,6 +63,10 @@ def parse_s3_url(url: str) -> dict:
             kw["cache_bytes"] = parse_bytes(value)
         elif name == "inline":
             kw["inline_max"] = max(1, parse_bytes(value))
+        elif name == "localcache":
+            kw["local_cache"] = value
+        elif name == "localcachesize":
+            kw["local_cache_bytes"] = parse_bytes(value)
     return kw
 
 
@@ -68,6 +75,8 @@ def open_engine(path: str | os.PathLike, create: bool = False, config: Config | 
     if is_remote(path):
         from dvidfs.store.s3 import S3Engine
         kw = parse_s3_url(path)
+        if "local_cache" not in kw and os.environ.get("DVIDFS_S3_LOCAL_CACHE"):
+            kw["local_cache"] = os.environ["DVIDFS_S3_LOCAL_CACHE"]
         return S3Engine(kw.pop("bucket"), kw.pop("prefix"), create=create, **kw)
     from dvidfs.store.leveldb import LevelDBEngine
     c = config or Config.load()

@@ -26,7 +26,8 @@ atomicity argument are in docs/s3.md; in short:
   therefore memory operations (a snapshot is O(1)); only large values cost a
   ranged GET of their pack, fetched by a bounded thread pool ahead of the
   reader, neighbours in one request, and kept in an LRU (every object is
-  immutable: no revalidation ever).  Fetches are single-flight: a value
+  immutable: no revalidation ever) and, given `local_cache` (a directory),
+  in files on this machine for later processes too (store/diskcache.py).  Fetches are single-flight: a value
   already on its way (another reader's GET, or a run some reader prefetches)
   is waited for, not asked for again; a failure reaches every waiter, and the
   next read asks again.  Why packs and not one object per value
@@ -66,6 +67,7 @@ from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
 from dvidfs.errors import DvidfsError, NotFoundError, ReadOnlyError, StoreBusyError
 from dvidfs.store.cache import LRUCache
+from dvidfs.store.diskcache import DiskCache
 from dvidfs.store.engine import Batch, Reader
 from dvidfs.store.memory import CHUNK_SIZE, _cut
 from dvidfs.store.memory import _Cursor as _MemCursor
@@ -76,6 +78,7 @@ log = logging.getLogger("dvidfs.store.s3")
 FORMAT = 1
 INLINE_MAX = 4096            # values of at least this many bytes go into packs (smaller: inline in the log)
 CACHE_BYTES = 256 << 20      # fetched large values kept in memory
+LOCAL_CACHE_BYTES = 4 << 30  # ... and on the local disk, when a directory is given (`local_cache`)
 WORKERS = 16                 # parallel GETs/PUTs
 PREFETCH_BYTES = 32 << 20    # values fetched ahead of one reader
 PACK_BYTES = 64 << 20        # a batch's large values go into packs of about this size
@@ -421,6 +424,7 @@ class S3Engine(_ViewReader):
                  pack_bytes: int = PACK_BYTES, part_bytes: int = PART_BYTES,
                  checkpoint_entries: int = CHECKPOINT_ENTRIES, grace: float = GRACE,
                  lease_ttl: float = LEASE_TTL, refresh_interval: float = REFRESH,
+                 local_cache: str | os.PathLike | None = None, local_cache_bytes: int = LOCAL_CACHE_BYTES,
                  hook: Callable[[str], None] | None = None) -> None:
         super().__init__(self)
         if not bucket:
@@ -437,6 +441,8 @@ class S3Engine(_ViewReader):
         self._s3 = client or make_client(endpoint, region, workers, credentials)
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="dvidfs-s3")
         self._cache = LRUCache(cache_bytes)
+        # fetched values kept on this machine's disk too (immutable: valid forever), if asked for
+        self._disk = DiskCache(local_cache, local_cache_bytes) if local_cache else None
         # single flight: value name -> the future of the ranged GET fetching it (result:
         # {name: bytes} of its run), from when it is asked for until it is cached or failed
         self._inflight: dict[str, Future] = {}
@@ -1191,6 +1197,13 @@ class S3Engine(_ViewReader):
     def _fetch_run(self, run: list[_Blob]) -> dict[str, bytes]:
         """Values lying close together in one pack, with one ranged GET; each
         goes into the cache.  (Callers go through `_claim`: single flight.)"""
+        disk = self._disk
+        if disk is not None:
+            kept = {b.name: disk.get(b.name, b.size) for b in run}
+            if None not in kept.values():          # all on this machine's disk: no request
+                for name, v in kept.items():
+                    self._cache.put(name, v)
+                return kept
         first, last = run[0], run[-1]
         lo, hi = first.offset, last.offset + last.size
         pack = first.pack
@@ -1205,6 +1218,8 @@ class S3Engine(_ViewReader):
             v = data if len(run) == 1 else bytes(mv[b.offset - lo:b.offset - lo + b.size])
             out[b.name] = v
             self._cache.put(b.name, v)
+            if disk is not None and kept[b.name] is None:
+                disk.put(b.name, v)
         return out
 
     def _fetch_or_explain(self, key: bytes, blob: _Blob) -> bytes:
