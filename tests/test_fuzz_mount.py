@@ -85,8 +85,9 @@ ALLOWED = frozenset({errno.ENOENT, errno.EINVAL, errno.EROFS, errno.EACCES, errn
                      errno.EBADF, errno.ENOTEMPTY})
 
 CONTROL = ("commit", "branch", "merge", "newdata", "note", "log", "info.json", "last-error")
-# listed in .dvid too, not fuzzed (tests/test_tags.py, tests/test_resolve.py): the model has no tags or resolve
-CONTROL_LISTED = CONTROL + ("resolve", "conflicts", "tag")
+# listed in .dvid too, not fuzzed (tests/test_tags.py, tests/test_resolve.py, test_cli_frictions.py's
+# downres): the model has no tags, resolve or pyramids
+CONTROL_LISTED = CONTROL + ("resolve", "conflicts", "tag", "downres")
 BODY_FILES = ("bbox.json", "blocks.json", "size", "sparsevol", "sparsevol-coarse", "split", "supervoxels")
 GRAY_PLANES = ("xy", "xz", "yz")
 SEG_PLANES = ("xy", "xz", "yz", "xy-rgb", "xz-rgb", "yz-rgb", "xy-fiji", "xz-fiji", "yz-fiji")
