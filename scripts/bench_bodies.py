@@ -26,7 +26,24 @@ kept by the labels type as for any write), commits it, mounts it with a real
 
 Prints a table and writes bench-out/bodies.json.  Not part of the test suite
 (tests/test_mount_bodies.py::test_bench_bodies_smoke runs `--quick` end to end).
-"""
+
+`--sample` measures *reading* every body's files instead (bbox.json, sparsevol,
+…), on the demo's sample store (`dvidfs sample`, 256x256x128 by default,
+`--sample-size`; ~940 bodies of 64³ blocks):
+
+    .venv/bin/python scripts/bench_bodies.py --sample [--baseline-src DIR] [--repeat N]
+
+  * in-process: a walk of labels/ through the fs layer (`Tree`: lookup, stat,
+    read of every file of every body, as rsync does), ms per body and per file;
+  * through a real mount: `rsync -a labels/` cold (fresh mount), again on the
+    same mount (pages and entries cached: the FUSE + rsync floor), and
+    `find labels -type f -exec cat {} +` cold, in ms per body;
+  * `--baseline-src DIR`: the same mount measurements with the dvidfs of
+    another checkout (e.g. `git archive <commit> | tar -x -C DIR`, plus the
+    built .so files of dvidfs/formats), interleaved with this one's, N times
+    each; the minimum of each is reported (the machine may be shared).
+
+Writes bench-out/bodies-sample.json."""
 from __future__ import annotations
 
 import argparse
@@ -141,8 +158,104 @@ def tmpfs_stat_cost(n: int) -> float:
         shutil.rmtree(d)
 
 
+# ------------------------------------------------------------ --sample: reading every body's files
+def sample_walk_in_process(store: Path) -> dict:
+    """Per body and per file name (ms): lookup + stat + read through `Tree`, as
+    rsync asks for them (directory, then each file in name order)."""
+    from dvidfs.fs.nodes import ROOT
+    per: dict[str, float] = {}
+    with Dvid(store) as core:
+        tree = Tree(core)
+        e = ROOT
+        for n in ("sample", core.repo("sample").root, "segmentation", "labels"):
+            e = tree.lookup(e, n)
+        ids = [n for n, _, _ in tree.list(e)]
+        t0 = perf()
+        for b in ids:
+            body = tree.lookup(e, b)
+            tree.attr(body)
+            for name, _, _ in tree.list(body):
+                t = perf()
+                f = tree.lookup(body, name)
+                tree.attr(f)
+                if name != "split":
+                    tree.read(f, False)          # as the mount reads a committed node's file
+                per[name] = per.get(name, 0.0) + perf() - t
+        total = perf() - t0
+    out = {"inproc.walk_per_body_ms": 1e3 * total / len(ids)}
+    out.update({f"inproc.{k}_per_body_ms": 1e3 * v / len(ids) for k, v in per.items()})
+    return out
+
+
+def sample_mount_times(src: Path, store: Path, work: Path) -> dict:
+    """Seconds: cold rsync, warm rsync (same mount), cold find -exec cat, with
+    the dvidfs of `src` (python -m dvidfs.cli resolves dvidfs from the cwd)."""
+    here = os.getcwd()
+    os.chdir(src)
+    try:
+        res = {}
+        with mounted(store, work / "mnt"):
+            node = work / "mnt" / "sample" / "master" / "segmentation"
+            res["bodies"] = len(os.listdir(node / "labels"))
+            for what in ("rsync_cold", "rsync_warm"):
+                res[what], _ = timed(f"rsync -a labels/ {work}/copy/", node)
+                shutil.rmtree(work / "copy")
+        with mounted(store, work / "mnt"):
+            node = work / "mnt" / "sample" / "master" / "segmentation"
+            res["cat_cold"], out = timed("find labels -type f -exec cat {} + | wc -c", node)
+            res["cat_bytes"] = int(out)
+        return res
+    finally:
+        os.chdir(here)
+
+
+def sample_main(args) -> int:
+    from dvidfs.samplestore import build_sample_store
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="run-", dir=out_dir))
+    size = tuple(int(v) for v in args.sample_size.split(","))
+    try:
+        store = work / "store"
+        with Dvid.init(store) as core:
+            build_sample_store(core, size)
+        m = sample_walk_in_process(store)
+        srcs = {"this": ROOT}
+        if args.baseline_src:
+            srcs["baseline"] = Path(args.baseline_src).resolve()
+        runs: dict[str, list[dict]] = {k: [] for k in srcs}
+        for _ in range(args.repeat):
+            for k, src in srcs.items():
+                runs[k].append(sample_mount_times(src, store, work))
+        n = runs["this"][0]["bodies"]
+        for k, rs in runs.items():
+            if len({r["cat_bytes"] for r in rs}) != 1:
+                raise RuntimeError(f"{k}: the bytes read differ between runs")
+            for what in ("rsync_cold", "rsync_warm", "cat_cold"):
+                best = min(r[what] for r in rs)
+                m[f"mount.{k}.{what}_s"] = best
+                m[f"mount.{k}.{what}_per_body_ms"] = 1e3 * best / n
+        if args.baseline_src and runs["this"][0]["cat_bytes"] != runs["baseline"][0]["cat_bytes"]:
+            raise RuntimeError("this checkout and the baseline read different bytes")
+        res = {"meta": {"mode": "sample", "size_xyz": size, "bodies": n, "repeat": args.repeat,
+                        "baseline_src": args.baseline_src, "nproc": os.cpu_count(),
+                        "loadavg": os.getloadavg()}, "measurements": m}
+        (out_dir / "bodies-sample.json").write_text(json.dumps(res, indent=2))
+        w = max(len(k) for k in m)
+        print(f"sample {size}: {n} bodies, {len(fsbodies.BODY_FILES)} files each; min of {args.repeat} run(s)")
+        for k, v in m.items():
+            print(f"  {k:<{w}}  {v:10.3f}")
+        return 0
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--sample", action="store_true", help="time reading every body's files of the sample store")
+    ap.add_argument("--sample-size", default="256,256,128", help="x,y,z of the sample (--sample)")
+    ap.add_argument("--baseline-src", help="also mount with the dvidfs of this checkout (--sample)")
+    ap.add_argument("--repeat", type=int, default=1, help="mount measurements per checkout (--sample)")
     ap.add_argument("--bodies", type=int, default=1_000_000)
     ap.add_argument("--quick", action="store_true", help="20,000 bodies, small samples (smoke test)")
     ap.add_argument("--stats", type=int, default=2000, help="random bodies stat'ed through the mount")
@@ -150,6 +263,8 @@ def main() -> int:
     ap.add_argument("--out", default=str(ROOT / "bench-out"))
     ap.add_argument("--keep", help="build the store here and keep it (reused when it exists)")
     args = ap.parse_args()
+    if args.sample:
+        return sample_main(args)
     if args.quick:
         args.bodies = min(args.bodies, 20_000)
         args.stats, args.old_sample = min(args.stats, 200), min(args.old_sample, 50)

@@ -241,3 +241,26 @@ def test_bench_bodies_smoke(tmp_path, monkeypatch):
     with open("/proc/mounts") as f:
         assert not [line for line in f if str(tmp_path) in line]
     assert not list(tmp_path.glob("run-*"))
+
+
+def test_bench_bodies_sample_smoke(tmp_path):
+    """scripts/bench_bodies.py --sample (reading every body's files of a small
+    sample, in-process and through real mounts) runs end to end: every
+    measurement a positive number, nothing left mounted.  No timing assertions."""
+    import json
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    r = subprocess.run([sys.executable, str(root / "scripts" / "bench_bodies.py"), "--sample", "--sample-size",
+                        "96,64,64", "--out", str(tmp_path)], capture_output=True, text=True, timeout=600,
+                       cwd=root, stdin=subprocess.DEVNULL)
+    assert r.returncode == 0, f"{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
+    res = json.loads((tmp_path / "bodies-sample.json").read_text())
+    assert res["meta"]["bodies"] > 10
+    m = res["measurements"]
+    assert {"inproc.walk_per_body_ms", "mount.this.rsync_cold_s", "mount.this.cat_cold_s"} <= m.keys()
+    assert all(isinstance(v, float) and v > 0 for v in m.values()), m
+    with open("/proc/mounts") as f:
+        assert not [line for line in f if str(tmp_path) in line]
+    assert not list(tmp_path.glob("run-*"))

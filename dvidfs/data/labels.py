@@ -377,19 +377,29 @@ class Labels(BlockVolume):
             for bcoord, svs in self._blocks_in(idx, region).items():
                 groups.setdefault(tuple(c // f for c in bcoord), []).append((bcoord, svs))
             for out in sorted(groups, key=lambda c: (c[2], c[1], c[0])):
-                mask = np.zeros(self.grid.shape_zyx, bool)
+                mask = np.zeros(self.grid.shape_zyx, bool) if f > 1 else None
                 for bcoord, svs in groups[out]:
-                    block = self.block(snap, view, bcoord, gen)
+                    block = self._cached_block(snap, view, bcoord, gen)
                     if block is None:
                         raise InvalidInputError(f"label index of {label} names block {bcoord}, which is missing")
                     small = downres.downsample(block, scale)
                     hit = np.isin(small, svs) if len(svs) > 1 else small == svs[0]
+                    if mask is None:      # level 0: one block, its mask as it is (a fresh array)
+                        mask = hit
+                        continue
                     x, y, z = ((b - o * f) * p for b, o, p in zip(bcoord, out, piece))
                     mask[z:z + piece[2], y:y + piece[1], x:x + piece[0]] = hit
                 if region is not None:
                     self._clip_mask(mask, tuple(o * s for o, s in zip(out, size)), min_xyz, max_xyz)
                 if mask.any():
                     yield out, mask
+
+    def _cached_block(self, reader: Reader, view: VersionView, bcoord: XYZ, gen: int) -> np.ndarray | None:
+        """One decoded level-0 block through the shared block cache (`block()`
+        always decodes): a walk over bodies meets each block once per body in it,
+        and a block decode (~3 ms for 64³) is most of a small body's cost.
+        `gen` must have been read before `reader`'s snapshot (iter_blocks)."""
+        return next((b for _, b in self.iter_blocks(reader, view, self.grid.block_box(bcoord), gen)), None)
 
     @staticmethod
     def _clip_mask(mask: np.ndarray, origin: XYZ, min_xyz, max_xyz) -> None:
@@ -434,8 +444,15 @@ class Labels(BlockVolume):
         return sv.encode_rles(self.coarse_runs(view, body))
 
     def bbox(self, view: VersionView, body: int) -> tuple[XYZ, XYZ]:
-        """Inclusive min/max voxel of the body."""
-        return sv.runs_bbox(self.sparsevol_runs(view, body))
+        """Inclusive min/max voxel of the body: from its block masks directly
+        (the extent of each mask's set voxels), no runs computed.  The same box
+        as sv.runs_bbox(self.sparsevol_runs(view, body))."""
+        size = self.grid.size
+        box = sv.union_bbox(sv.mask_bbox(mask, tuple(c * s for c, s in zip(out, size)))
+                            for out, mask in self.body_masks(view, body))
+        if box is None:
+            raise InvalidInputError("empty sparse volume has no bounding box")
+        return box
 
     def sparsevol_size(self, view: VersionView, label: int, supervoxels: bool = False) -> dict:
         """DVID's sparsevol-size: voxels, block count and the bounds of those blocks

@@ -36,7 +36,7 @@ from dvidfs.formats.buffers import byte_view
 
 __all__ = [
     "runs_from_mask", "encode_rles", "decode_rles", "encode_srles", "decode_srles",
-    "merge_runs", "runs_voxel_count", "runs_to_mask", "runs_bbox", "clip_runs",
+    "merge_runs", "runs_voxel_count", "runs_to_mask", "runs_bbox", "mask_bbox", "clip_runs",
     "empty_runs",
 ]
 
@@ -316,6 +316,37 @@ def runs_bbox(runs) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
     last = arr[:, 0].astype(np.int64) + arr[:, 3] - 1
     lo = (int(arr[:, 0].min()), int(arr[:, 1].min()), int(arr[:, 2].min()))
     hi = (int(last.max()), int(arr[:, 1].max()), int(arr[:, 2].max()))
+    return lo, hi
+
+
+def mask_bbox(mask: np.ndarray, offset_xyz=(0, 0, 0)):
+    """Inclusive bounding box ((minx, miny, minz), (maxx, maxy, maxz)) of the set
+    voxels of a (Z, Y, X) mask, global coords = index + offset; None when none is
+    set.  The same box as runs_bbox(runs_from_mask(mask, offset)), without runs:
+    one pass over the mask (its z-y projection), then only the rows inside."""
+    m = np.asarray(mask)
+    if m.ndim != 3:
+        raise InvalidInputError(f"mask must be 3-D (z, y, x), got shape {m.shape}")
+    if m.dtype != bool:
+        m = m != 0
+    ox, oy, oz = _offset3(offset_xyz)
+    zy = m.any(axis=2)
+    zs = np.flatnonzero(zy.any(axis=1))
+    if not len(zs):
+        return None
+    ys = np.flatnonzero(zy.any(axis=0))
+    z0, z1, y0, y1 = int(zs[0]), int(zs[-1]), int(ys[0]), int(ys[-1])
+    xs = np.flatnonzero(m[z0:z1 + 1, y0:y1 + 1].any(axis=(0, 1)))
+    return ((int(xs[0]) + ox, y0 + oy, z0 + oz), (int(xs[-1]) + ox, y1 + oy, z1 + oz))
+
+
+def union_bbox(boxes):
+    """The inclusive box around inclusive ((lo), (hi)) boxes (None entries skipped); None if none."""
+    boxes = [b for b in boxes if b is not None]
+    if not boxes:
+        return None
+    lo = tuple(min(b[0][i] for b in boxes) for i in range(3))
+    hi = tuple(max(b[1][i] for b in boxes) for i in range(3))
     return lo, hi
 
 

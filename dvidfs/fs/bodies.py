@@ -47,6 +47,15 @@ files: sizes come from the label index alone, except the sparsevol's.
   runs; `stat`, `ls -l`, `du` ask (lookup) and get the exact size.
   Keeping a run count in the index (upkept by every write, merge and split)
   would make this O(1) too; it is not done here (data/labels.py's write path).
+
+**Reading a body's files.**  `bbox.json` and `sparsevol` both come from the
+body's runs (`Labels.sparsevol_runs`: one mask per block the index names, from
+the shared decoded-block cache), computed once per (instance, version, write
+generation, body) and kept in a bounded cache (`body_runs`): a walk reading
+bbox.json then sparsevol (name order, as rsync and `find -exec cat` do)
+computes them once, and a `stat` of the sparsevol after either is a look-up.
+The generation is read before computing, so a write, merge or split makes
+older runs unreachable, as for rendered files.
 """
 from __future__ import annotations
 
@@ -60,6 +69,7 @@ import numpy as np
 
 from dvidfs.data.labelindex import LabelIndex, unpack_block
 from dvidfs.errors import InvalidInputError, NotFoundError
+from dvidfs.formats import sparsevol as sv
 from dvidfs.fs.entry import NOW, ON_CLOSE, Attr, DirEntry, Entry, as_json
 from dvidfs.store.cache import LRUCache
 
@@ -99,6 +109,9 @@ class _BodyCaches:
     def __init__(self):
         self.indexes = LRUCache(32 << 20, sizeof=lambda i: 200 + (20 * len(i) if i is not None else 0))
         self.runs = RunCounter()
+        # a body's sparsevol runs, shared by its sparsevol, its bbox.json and the
+        # sparsevol's stat (see body_runs)
+        self.body_runs = LRUCache(32 << 20, sizeof=lambda r: 100 + r.nbytes)
         self.pages = LRUCache(8 << 20, sizeof=lambda p: 100 + 8 * len(p[0]))
 
 
@@ -146,6 +159,32 @@ def body_index(tree: "Tree", e: Entry, body: int | None = None) -> LabelIndex:
     if not len(idx):
         raise NotFoundError(f"label {body} does not exist in {e.obj.inst.name!r} at this node")
     return idx
+
+
+def _runs_key(tree: "Tree", e: Entry) -> tuple:
+    """(instance, version, write generation, body): the generation is read before
+    anything is computed (as for renders), so a write makes older runs unreachable."""
+    return (e.obj.inst.id, e.node.version_id, tree.core.generation(e.node, e.obj), e.coord)
+
+
+def body_runs(tree: "Tree", e: Entry) -> np.ndarray:
+    """The canonical sparsevol runs of e's body at e's node, computed once per
+    write generation (`Labels.sparsevol_runs`) and kept in a bounded cache:
+    reading a body's `bbox.json` and its `sparsevol`, and `stat` of the
+    sparsevol after either, share one computation."""
+    key = _runs_key(tree, e)
+    cache = _caches(tree).body_runs
+    runs = cache.get(key)
+    if runs is None:
+        runs = e.obj.sparsevol_runs(tree.core.view(e.node), e.coord)
+        runs.flags.writeable = False
+        cache.put(key, runs)
+    return runs
+
+
+def known_runs(tree: "Tree", e: Entry) -> np.ndarray | None:
+    """e's body's runs if already computed at this write generation, else None."""
+    return _caches(tree).body_runs.get(_runs_key(tree, e))
 
 
 class LabelsDir(DirEntry):
@@ -281,9 +320,12 @@ _BBOX_FMT = '{\n  "MinPoint": [%11d, %11d, %11d],\n  "MaxPoint": [%11d, %11d, %1
 BBOX_SIZE = len(_BBOX_FMT % ((0,) * 6))
 
 
-def _bbox(vol, view, body) -> bytes:
-    lo, hi = vol.bbox(view, body)
+def bbox_json(lo, hi) -> bytes:
     return (_BBOX_FMT % (*lo, *hi)).encode()
+
+
+def _bbox(vol, view, body) -> bytes:
+    return bbox_json(*vol.bbox(view, body))
 
 
 # ------------------------------------------------------------ sizes from the index
@@ -462,13 +504,25 @@ class BodyFile(Entry):
         if idx is None:
             idx = body_index(tree, self)
         if self.name == "sparsevol":
-            size = 0 if listing else 12 + 16 * _caches(tree).runs.runs(self.obj, tree.core.view(self.node),
-                                                                      self.coord, idx)
+            if listing:
+                size = 0
+            else:
+                runs = known_runs(tree, self)        # read already (this or bbox.json): no counting
+                n = len(runs) if runs is not None else \
+                    _caches(tree).runs.runs(self.obj, tree.core.view(self.node), self.coord, idx)
+                size = 12 + 16 * n
         else:
             size = _SIZES[self.name](idx)
         return Attr("file", size, False, mtime, self.locked)
 
     def read(self, tree: "Tree") -> bytes:
+        if self.name == "sparsevol":
+            return sv.encode_rles(body_runs(tree, self))
+        if self.name == "bbox.json":
+            # from the body's runs, which its sparsevol (read next by a walk, and
+            # its stat) reuses: one mask pass for both files (Labels.bbox, from
+            # the masks alone, is ~25% cheaper for the box but not for both)
+            return bbox_json(*sv.runs_bbox(body_runs(tree, self)))
         return _RENDER[self.name](self.obj, tree.core.view(self.node), self.coord)
 
     def upload_limit(self, tree: "Tree") -> int:
