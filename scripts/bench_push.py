@@ -137,22 +137,6 @@ def delta(edge: int, fraction: float, work: Path) -> None:
               f"{t / base_t:13.3f}x {b / base_b:14.3f}x")
 
 
-class _CountingClient:
-    """A boto3 client whose get_object calls are counted."""
-
-    def __init__(self, inner):
-        import threading
-        self.inner, self.gets, self.lock = inner, 0, threading.Lock()
-
-    def __getattr__(self, name):
-        return getattr(self.inner, name)
-
-    def get_object(self, **kw):
-        with self.lock:
-            self.gets += 1
-        return self.inner.get_object(**kw)
-
-
 class _Unplanned:
     """An engine whose snapshots hide `prefetch`: the sender reads one value at a time."""
 
@@ -185,7 +169,7 @@ class _Unplanned:
 def from_s3(size, rounds: int, work: Path) -> dict:
     """Push of a committed gray sample node out of an S3 store: GETs and seconds."""
     sys.path.insert(0, str(ROOT / "tests"))
-    from seaweed import SeaweedFS
+    from seaweed import CountingClient, SeaweedFS
     from dvidfs.store.s3 import S3Engine, make_client
     rows: dict[str, list[dict]] = {"sequential": [], "planned": []}
     with SeaweedFS() as server:
@@ -197,7 +181,7 @@ def from_s3(size, rounds: int, work: Path) -> dict:
               file=sys.stderr)
         for r in range(rounds):
             for way in (("sequential", "planned") if r % 2 == 0 else ("planned", "sequential")):
-                client = _CountingClient(make_client(server.endpoint, credentials=(server.access_key,
+                client = CountingClient(make_client(server.endpoint, credentials=(server.access_key,
                                                                                    server.secret_key)))
                 with Dvid(engine=S3Engine(bucket, "src", client=client, readonly=True)) as s, \
                         Dvid(str(fresh(work / "from-s3"))) as dst:

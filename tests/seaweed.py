@@ -369,6 +369,25 @@ if __name__ == "__main__":      # a manual check: start, print the endpoint, sto
 
 
 # ---------------------------------------------------------------- engines on a running server
+class CountingClient:
+    """A boto3 client whose get_object calls are counted (thread-safe): `gets`
+    all of them, `packs` those of pack objects (values), not of the log,
+    checkpoints or MANIFEST."""
+
+    def __init__(self, inner):
+        import threading
+        self.inner, self.gets, self.packs, self._lock = inner, 0, 0, threading.Lock()
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def get_object(self, **kw):
+        with self._lock:
+            self.gets += 1
+            self.packs += "/p/" in kw["Key"] or kw["Key"].startswith("p/")
+        return self.inner.get_object(**kw)
+
+
 def store_prefix(path) -> str:
     """The S3 prefix standing for a local test path (a fresh one per test)."""
     import hashlib

@@ -358,34 +358,18 @@ def test_kill_9_mid_push_then_run_again(src, tmp_path):
             assert n(d.engine) == n(clean.engine)
 
 
-class _CountingClient:
-    """A boto3 client whose get_object calls are counted."""
-
-    def __init__(self, inner):
-        import threading
-        self.inner, self.gets, self.lock = inner, 0, threading.Lock()
-
-    def __getattr__(self, name):
-        return getattr(self.inner, name)
-
-    def get_object(self, **kw):
-        with self.lock:
-            self.gets += 1
-        return self.inner.get_object(**kw)
-
-
 def test_push_from_s3_fetches_values_ahead_and_together(seaweedfs, tmp_path):
     """An S3 source: the sender announces each page's keys (the engine's
     `prefetch`), so the values come in parallel ranged GETs of neighbours,
     far fewer than one GET per value; the pushed node reads the same."""
-    from seaweed import s3_engine, store_prefix
+    from seaweed import CountingClient, s3_engine, store_prefix
 
     from dvidfs.store.s3 import S3Engine
     inline = 256
     with Dvid(engine=s3_engine(seaweedfs, tmp_path / "s3src", create=True, inline_max=inline)) as s:
         uuid = build_sample_store(s, SIZE, block_size=8)
         child = _edit(s, s.node_by_uuid(uuid)).uuid        # + a chunked keyvalue value (a planned cursor)
-    client = _CountingClient(seaweedfs.engine_client())
+    client = CountingClient(seaweedfs.engine_client())
     eng = S3Engine(seaweedfs.shared_bucket(), store_prefix(tmp_path / "s3src"), client=client, readonly=True)
     with Dvid(engine=eng) as s, Dvid.init(tmp_path / "fromS3") as d:
         client.gets = 0                            # cold: a fresh engine, nothing cached

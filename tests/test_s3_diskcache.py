@@ -20,6 +20,7 @@ from dvidfs.core import Dvid
 from dvidfs.store.diskcache import DiskCache
 from dvidfs.store.open import parse_s3_url
 from dvidfs.store.s3 import S3Engine
+from seaweed import CountingClient
 from test_s3 import bucket, pfx, s3, url  # noqa: F401  (fixtures)
 
 
@@ -62,19 +63,6 @@ def test_a_cache_that_cannot_be_written_is_skipped(tmp_path, caplog):
 
 
 # ------------------------------------------------------------------ on SeaweedFS
-class _CountingGets:
-    def __init__(self, inner):
-        self.inner, self.packs = inner, 0
-
-    def __getattr__(self, name):
-        return getattr(self.inner, name)
-
-    def get_object(self, **kw):
-        if "/p/" in kw["Key"]:
-            self.packs += 1
-        return self.inner.get_object(**kw)
-
-
 def _volume() -> np.ndarray:
     return np.random.default_rng(3).integers(0, 255, (64, 64, 64), dtype=np.uint8)
 
@@ -89,9 +77,9 @@ def test_a_later_process_reads_from_the_local_cache(s3, bucket, pfx, tmp_path):
         w.commit(root)
         uuid = root.uuid
 
-    def reader() -> tuple[Dvid, _CountingGets]:
+    def reader() -> tuple[Dvid, CountingClient]:
         kw = parse_s3_url(where + f"&localcache={cache}&readonly=1")
-        client = _CountingGets(s3.engine_client())
+        client = CountingClient(s3.engine_client())
         e = S3Engine(kw.pop("bucket"), kw.pop("prefix"), client=client, **kw)
         return Dvid(engine=e), client
 

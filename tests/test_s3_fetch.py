@@ -34,16 +34,10 @@ from dvidfs.fs.tree import Tree
 from dvidfs.store.engine import Batch
 from dvidfs.store.s3 import S3Engine
 from seaweed import store_prefix
+from test_s3 import s3  # noqa: F401  (fixture)
 
 N = 8          # threads asking at once
 SLOW = 0.5     # seconds a GET takes: every thread asks while the first is in flight
-
-
-@pytest.fixture
-def s3(seaweedfs, monkeypatch):
-    for k, v in seaweedfs.env.items():
-        monkeypatch.setenv(k, v)
-    return seaweedfs
 
 
 @pytest.fixture

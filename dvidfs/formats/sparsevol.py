@@ -154,13 +154,16 @@ def _offset3(offset_xyz) -> tuple[int, int, int]:
     return ox, oy, oz
 
 
-def runs_from_mask(mask: np.ndarray, offset_xyz=(0, 0, 0)) -> np.ndarray:
-    """Maximal X runs of a (Z, Y, X) mask, global coords = index + offset, sorted z, y, x."""
+def _bool_mask(mask) -> np.ndarray:
     m = np.asarray(mask)
     if m.ndim != 3:
         raise InvalidInputError(f"mask must be 3-D (z, y, x), got shape {m.shape}")
-    if m.dtype != bool:
-        m = m != 0
+    return m if m.dtype == bool else m != 0
+
+
+def runs_from_mask(mask: np.ndarray, offset_xyz=(0, 0, 0)) -> np.ndarray:
+    """Maximal X runs of a (Z, Y, X) mask, global coords = index + offset, sorted z, y, x."""
+    m = _bool_mask(mask)
     ox, oy, oz = _offset3(offset_xyz)
     nz, ny, nx = m.shape
     if m.size == 0:
@@ -324,11 +327,7 @@ def mask_bbox(mask: np.ndarray, offset_xyz=(0, 0, 0)):
     voxels of a (Z, Y, X) mask, global coords = index + offset; None when none is
     set.  The same box as runs_bbox(runs_from_mask(mask, offset)), without runs:
     one pass over the mask (its z-y projection), then only the rows inside."""
-    m = np.asarray(mask)
-    if m.ndim != 3:
-        raise InvalidInputError(f"mask must be 3-D (z, y, x), got shape {m.shape}")
-    if m.dtype != bool:
-        m = m != 0
+    m = _bool_mask(mask)
     ox, oy, oz = _offset3(offset_xyz)
     zy = m.any(axis=2)
     zs = np.flatnonzero(zy.any(axis=1))
