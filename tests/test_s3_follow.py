@@ -228,3 +228,45 @@ def test_a_read_only_server_in_another_process_follows_the_writer(s3, bucket, pf
                               data=bytes(64 * 64))
             assert r.status_code >= 400 and "read-only" in r.text
             np.testing.assert_array_equal(w.read_slice(child, wgray, "xy", 10), new[2])
+
+
+def test_a_reader_reading_while_following_never_sees_a_torn_or_older_write(s3, bucket, pfx):
+    """The writer fills an open node's volume with 1, 2, 3 … (one batch each)
+    while a reader follows (its thread and explicit calls) and reads the whole
+    volume over and over: every read is one value (never half of two batches),
+    and never older than one it read before (no stale cache after a newer read)."""
+    import threading
+    shape = (32, 32, 32)
+    with Dvid(engine=engine(s3, bucket, pfx, create=True)) as w:
+        root = w.node(w.new_repo("em").root)
+        wgray = w.new_instance(root, "gray", "grayscale", block_size=16)
+        wgray.write(root, (0, 0, 0), np.zeros(shape, np.uint8))
+        with Dvid(engine=engine(s3, bucket, pfx, readonly=True, refresh_interval=0.05)) as r:
+            rroot = r.node(root.uuid)
+            rgray = r.data(rroot, "gray")
+            done = threading.Event()
+            seen: list[int] = []
+            problems: list[str] = []
+
+            def read_loop():
+                while not done.is_set() or not seen or seen[-1] != 40:
+                    r.follow()
+                    for got in (rgray.read(r.view(rroot), (0, 0, 0), shape), r.read_slice(rroot, rgray, "xy", 17)):
+                        values = np.unique(got)
+                        if len(values) != 1:
+                            problems.append(f"torn read: {values.tolist()}")
+                        elif seen and values[0] < seen[-1]:
+                            problems.append(f"read {values[0]} after {seen[-1]}")
+                        else:
+                            seen.append(int(values[0]))
+                    if problems or len(seen) > 10_000:
+                        return
+
+            t = threading.Thread(target=read_loop)
+            t.start()
+            for v in range(1, 41):
+                wgray.write(root, (0, 0, 0), np.full(shape, v, np.uint8))
+            done.set()
+            t.join(60)
+            assert not t.is_alive() and not problems, problems[:3]
+            assert seen[-1] == 40 and len(set(seen)) > 2
