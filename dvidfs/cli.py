@@ -429,14 +429,17 @@ def cmd_umount(args) -> None:
     unmount(args.mountpoint)
 
 
+STORE_HELP = "a store directory or s3://bucket/prefix?endpoint=…[&readonly=1][&localcache=DIR] (docs/s3.md)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="dvidfs", description="Versioned connectomics volumes as a filesystem")
-    p.add_argument("-s", "--store", help="store directory (default: $DVIDFS_STORE); may also be given "
+    p.add_argument("-s", "--store", help=f"{STORE_HELP} (default: $DVIDFS_STORE); may also be given "
                                          "after the subcommand (dvidfs import -s STORE …)")
     sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
 
     c = sub.add_parser("init", help="create an empty store")
-    c.add_argument("path")
+    c.add_argument("path", help=STORE_HELP)
     c.set_defaults(fn=cmd_init)
 
     repo = sub.add_parser("repo", help="repos: new, list, log").add_subparsers(dest="sub", required=True)
@@ -613,7 +616,7 @@ def build_parser() -> argparse.ArgumentParser:
     lab_cmd("mutations", cmd_labels_mutations, "the mutation log (JSON lines)")
 
     c = sub.add_parser("mount", help="mount a store")
-    c.add_argument("path", nargs="?", help="store directory (default: -s STORE or $DVIDFS_STORE)")
+    c.add_argument("path", nargs="?", help=f"{STORE_HELP} (default: -s STORE or $DVIDFS_STORE)")
     c.add_argument("mountpoint", help="an existing directory (not created: a missing one is an error)")
     c.add_argument("-f", "--foreground", action="store_true", help="stay in the foreground")
     c.add_argument("--debug", action="store_true", help="log every FUSE request (implies -f)")
@@ -621,7 +624,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.set_defaults(fn=cmd_mount)
 
     c = sub.add_parser("serve", help="serve DVID's HTTP API (and optionally mount) in the foreground")
-    c.add_argument("path", help="store directory")
+    c.add_argument("path", help=STORE_HELP)
     c.add_argument("--http", default="127.0.0.1:8000", metavar="HOST:PORT",
                    help="address to listen on (default 127.0.0.1:8000; port 0: any free port; "
                         "another host only when you mean it)")
@@ -665,7 +668,7 @@ def _store_option_everywhere(parser: argparse.ArgumentParser) -> argparse.Argume
             if not any(a.dest == "path" and a.required for a in sp._actions) \
                     and "-s" not in sp._option_string_actions:
                 sp.add_argument("-s", "--store", default=argparse.SUPPRESS,
-                                help="store directory (default: $DVIDFS_STORE); also accepted before the "
+                                help=f"{STORE_HELP} (default: $DVIDFS_STORE); also accepted before the "
                                      "subcommand")
             _store_option_everywhere(sp)
     return parser
