@@ -600,7 +600,11 @@ def test_background_checkpoints_while_writing(s3, bucket, pfx):
                 b.put(k, v)
                 model[k] = v
             e.apply(b)
-        assert e._manifest["seq"] > 20                           # checkpoints happened
+        if e._ckpt is not None:
+            e._ckpt.result(60)                                   # the one under way, if any
+        # checkpoints happened while writing (one at a time: how many depends on the
+        # machine's speed; a loaded CI machine folded to 17 of 40 entries)
+        assert e._manifest["seq"] > 10
     finally:
         e.close()
     r = engine(s3, bucket, pfx, readonly=True)
