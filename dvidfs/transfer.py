@@ -47,6 +47,16 @@ def natural_key(name: str):
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
 
 
+def _value_range(parts) -> tuple[float, float]:
+    """min..max over arrays, NaNs ignored; (0, 0) when there is no number at all."""
+    lo, hi = np.inf, -np.inf
+    for part in parts:
+        if part.dtype.kind == "f" and np.isnan(part).all():
+            continue
+        lo, hi = min(lo, float(np.nanmin(part))), max(hi, float(np.nanmax(part)))
+    return (lo, hi) if lo <= hi else (0.0, 0.0)
+
+
 class VolumeSource:
     """A [z, y, x] volume readable by z-ranges, whatever the file layout."""
 
@@ -138,12 +148,14 @@ class VolumeSource:
         return np.rint(np.clip(np.nan_to_num(a, nan=0.0), 0, 255)).astype(np.uint8)
 
     def _slices(self, z0: int, z1: int) -> np.ndarray:
-        planes = [self._slice(i) for i in range(z0, z1)]
-        for i, p in zip(range(z0, z1), planes):
-            if p.shape != self.shape[1:]:
-                raise InvalidInputError(f"{self._files[i]}: slice is {p.shape[1]}x{p.shape[0]}, the stack "
-                                        f"is {self.shape[2]}x{self.shape[1]} (all slices must match)")
-        return np.stack(planes)
+        return np.stack([self._fitting(i, self._slice(i)) for i in range(z0, z1)])
+
+    def _fitting(self, i: int, plane: np.ndarray) -> np.ndarray:
+        """Slice i's plane, refused unless it has the stack's width and height."""
+        if plane.shape != self.shape[1:]:
+            raise InvalidInputError(f"{self._files[i]}: slice is {plane.shape[1]}x{plane.shape[0]}, the stack "
+                                    f"is {self.shape[2]}x{self.shape[1]} (all slices must match)")
+        return plane
 
     def validate(self, progress: Callable[[int], None] | None = None) -> None:
         """Every check that can fail, before anything is written, so an import is
@@ -151,30 +163,23 @@ class VolumeSource:
         value must fit), and a whole-volume array's values are range-checked.
         Costs one extra decode per slice; a refused import changes nothing."""
         if hasattr(self, "_files"):
-            lo, hi = np.inf, -np.inf
-            for i in range(len(self._files)):
-                p = self._slice(i, raw=True)
-                if p.shape != self.shape[1:]:
-                    raise InvalidInputError(f"{self._files[i]}: slice is {p.shape[1]}x{p.shape[0]}, the stack "
-                                            f"is {self.shape[2]}x{self.shape[1]} (all slices must match)")
-                if self.convert == "rescale" and not np.isnan(p).all():
-                    lo, hi = min(lo, float(np.nanmin(p))), max(hi, float(np.nanmax(p)))
-                if progress:
-                    progress(1)
+            def planes():
+                for i in range(len(self._files)):
+                    yield self._fitting(i, self._slice(i, raw=True))
+                    if progress:
+                        progress(1)
             if self.convert == "rescale":
-                self._range = (lo, hi) if lo <= hi else (0.0, 0.0)
+                self._range = _value_range(planes())
+            else:
+                for _ in planes():
+                    pass
             return
         arr, target = self._arr, self.dtype
         if self.convert is not None:
             if arr.dtype.kind not in "uifb":
                 raise InvalidInputError(f"{self.path}: holds {arr.dtype} values, not numbers to convert")
-            lo, hi = np.inf, -np.inf
-            for z in range(0, arr.shape[0], 64):  # bounded memory for memory-mapped .npy files
-                part = np.asarray(arr[z:z + 64])
-                if part.dtype.kind == "f" and np.isnan(part).all():
-                    continue
-                lo, hi = min(lo, float(np.nanmin(part))), max(hi, float(np.nanmax(part)))
-            self._range = (lo, hi) if lo <= hi else (0.0, 0.0)
+            # 64 planes at a time: bounded memory for memory-mapped .npy files
+            self._range = _value_range(np.asarray(arr[z:z + 64]) for z in range(0, arr.shape[0], 64))
             return
         if arr.dtype == target or arr.dtype.kind == "b":
             return

@@ -141,19 +141,23 @@ def timed(cmd: str, cwd: Path) -> tuple[float, str]:
     return dt, r.stdout.strip()
 
 
+def stat_times(paths) -> list[float]:
+    """Seconds of one os.stat of each path, in order."""
+    times = []
+    for p in paths:
+        t = perf()
+        os.stat(p)
+        times.append(perf() - t)
+    return times
+
+
 def tmpfs_stat_cost(n: int) -> float:
     base = Path("/dev/shm") if os.path.isdir("/dev/shm") else Path(tempfile.gettempdir())
     d = Path(tempfile.mkdtemp(prefix="bench-bodies-", dir=base))
     try:
         for i in range(n):
             (d / str(i)).write_bytes(b"x" * 100)
-        times = []
-        for i in range(n):
-            p = str(d / str(i))
-            t = perf()
-            os.stat(p)
-            times.append(perf() - t)
-        return statistics.median(times)
+        return statistics.median(stat_times([str(d / str(i)) for i in range(n)]))
     finally:
         shutil.rmtree(d)
 
@@ -309,23 +313,12 @@ def main() -> int:
             labels = node / "seg" / "labels"
             # random bodies by id (mostly not in the listing): lookup + stat, cold
             for name in ("size", "sparsevol"):
-                times = []
-                for b in stat_ids:
-                    p = f"{labels}/{b}/{name}"
-                    t = perf()
-                    os.stat(p)
-                    times.append(perf() - t)
+                times = stat_times([f"{labels}/{b}/{name}" for b in stat_ids])
                 m[f"stat.{name}_us"] = 1e6 * statistics.median(times)
                 m[f"stat.{name}_mean_us"] = 1e6 * statistics.mean(times)
             # baseline through the same mount: cold stat of distinct slice files (no body)
             ys = list(range(info["shape_xyz"][1]))[:len(stat_ids)]
-            times = []
-            for y in ys:
-                p = f"{node}/seg/xz/{y:05d}.tif"
-                t = perf()
-                os.stat(p)
-                times.append(perf() - t)
-            m["stat.mount_slice_us"] = 1e6 * statistics.median(times)
+            m["stat.mount_slice_us"] = 1e6 * statistics.median(stat_times([f"{node}/seg/xz/{y:05d}.tif" for y in ys]))
             # exactness on a sample: every file's stat size is what a read gives
             bad = []
             for b in stat_ids[:20]:

@@ -201,7 +201,7 @@ def test_a_body_runs_are_computed_once_for_its_files(monkeypatch):
 
 
 def test_a_walk_decodes_each_block_once(tmp_path, monkeypatch):
-    """Body reads go through the decoded-block cache (Labels._cached_block): the
+    """Body reads go through the decoded-block cache (Labels.cached_block): the
     old path (`BlockVolume.block`) decoded every block of a body on every read
     of each of its files, ~3 ms per 64³ block."""
     with Dvid.init(tmp_path / "store") as core:

@@ -379,7 +379,7 @@ class Labels(BlockVolume):
             for out in sorted(groups, key=lambda c: (c[2], c[1], c[0])):
                 mask = np.zeros(self.grid.shape_zyx, bool) if f > 1 else None
                 for bcoord, svs in groups[out]:
-                    block = self._cached_block(snap, view, bcoord, gen)
+                    block = self.cached_block(snap, view, bcoord, gen)
                     if block is None:
                         raise InvalidInputError(f"label index of {label} names block {bcoord}, which is missing")
                     small = downres.downsample(block, scale)
@@ -394,10 +394,11 @@ class Labels(BlockVolume):
                 if mask.any():
                     yield out, mask
 
-    def _cached_block(self, reader: Reader, view: VersionView, bcoord: XYZ, gen: int) -> np.ndarray | None:
-        """One decoded level-0 block through the shared block cache (`block()`
-        always decodes): a walk over bodies meets each block once per body in it,
-        and a block decode (~3 ms for 64³) is most of a small body's cost.
+    def cached_block(self, reader: Reader, view: VersionView, bcoord: XYZ, gen: int) -> np.ndarray | None:
+        """One decoded (read-only) level-0 block through the shared block cache,
+        or None where nothing was written (`block()` always decodes): a walk over
+        bodies meets each block once per body in it, and a block decode (~3 ms
+        for 64³) is most of a small body's cost.
         `gen` must have been read before `reader`'s snapshot (iter_blocks)."""
         return next((b for _, b in self.iter_blocks(reader, view, self.grid.block_box(bcoord), gen)), None)
 

@@ -63,7 +63,7 @@ import json
 import re
 import threading
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 
@@ -128,21 +128,27 @@ def _caches(tree: "Tree") -> _BodyCaches:
     return c
 
 
+def _memo(cache: LRUCache, key: tuple, compute):
+    """cache[key], computed and kept on a miss (keys carry the write generation,
+    read before computing, so a write makes older entries unreachable)."""
+    value = cache.get(key)
+    if value is None:
+        value = compute()
+        cache.put(key, value)
+    return value
+
+
 def _page(e: Entry, tree: "Tree", start: int) -> tuple[list[int], int | None]:
     """Up to listing_limit(tree) body ids >= start, and the id the next page starts at
     (None when none is left): one keys-only scan of limit + 1 keys, remembered
     per write generation (a page's symlinks are looked up one by one)."""
     limit = listing_limit(tree)
     gen = tree.core.generation(e.node, e.obj)
-    key = (e.obj.inst.id, e.node.version_id, gen, start, limit)
-    cache = _caches(tree).pages
-    page = cache.get(key)
-    if page is None:
-        rows = e.obj.list_bodies(tree.core.view(e.node), start, limit + 1)
-        ids = [b for b, _ in rows]
-        page = (ids[:limit], ids[limit] if len(ids) > limit else None)
-        cache.put(key, page)
-    return page
+
+    def compute():
+        ids = [b for b, _ in e.obj.list_bodies(tree.core.view(e.node), start, limit + 1)]
+        return ids[:limit], ids[limit] if len(ids) > limit else None
+    return _memo(_caches(tree).pages, (e.obj.inst.id, e.node.version_id, gen, start, limit), compute)
 
 
 def body_index(tree: "Tree", e: Entry, body: int | None = None) -> LabelIndex:
@@ -150,12 +156,8 @@ def body_index(tree: "Tree", e: Entry, body: int | None = None) -> LabelIndex:
     has no voxels.  Cached under the write generation (read first, as for renders)."""
     body = e.coord if body is None else body
     gen = tree.core.generation(e.node, e.obj)
-    key = (e.obj.inst.id, e.node.version_id, gen, body)
-    cache = _caches(tree).indexes
-    idx = cache.get(key)
-    if idx is None:
-        idx = e.obj.index(tree.core.view(e.node), body) or LabelIndex()
-        cache.put(key, idx)
+    idx = _memo(_caches(tree).indexes, (e.obj.inst.id, e.node.version_id, gen, body),
+                lambda: e.obj.index(tree.core.view(e.node), body) or LabelIndex())
     if not len(idx):
         raise NotFoundError(f"label {body} does not exist in {e.obj.inst.name!r} at this node")
     return idx
@@ -172,14 +174,11 @@ def body_runs(tree: "Tree", e: Entry) -> np.ndarray:
     write generation (`Labels.sparsevol_runs`) and kept in a bounded cache:
     reading a body's `bbox.json` and its `sparsevol`, and `stat` of the
     sparsevol after either, share one computation."""
-    key = _runs_key(tree, e)
-    cache = _caches(tree).body_runs
-    runs = cache.get(key)
-    if runs is None:
+    def compute():
         runs = e.obj.sparsevol_runs(tree.core.view(e.node), e.coord)
         runs.flags.writeable = False
-        cache.put(key, runs)
-    return runs
+        return runs
+    return _memo(_caches(tree).body_runs, _runs_key(tree, e), compute)
 
 
 def known_runs(tree: "Tree", e: Entry) -> np.ndarray | None:
@@ -233,31 +232,30 @@ class _BodyListing(Sequence):
         return str(b), self.labels_dir.child(BodyDir, coord=b), self.attr
 
 
-class MoreLink(Entry):
-    """`@more`: the next page of bodies (coord: its first id)."""
+class _Link(Entry):
     can_vanish = True
-
-    def readlink(self, tree: "Tree") -> str:
-        prefix = "../" if isinstance(self, PageMoreLink) else ""
-        return f"{prefix}{PAGE_PREFIX}{self.coord}"
 
     def attr(self, tree: "Tree") -> Attr:
         return Attr("link", len(self.readlink(tree)), False, tree.mtime(self.node), self.locked)
+
+
+class MoreLink(_Link):
+    """`@more`: the next page of bodies (coord: its first id)."""
+    up: ClassVar[str] = ""      # where pages are, seen from the link's directory
+
+    def readlink(self, tree: "Tree") -> str:
+        return f"{self.up}{PAGE_PREFIX}{self.coord}"
 
 
 class PageMoreLink(MoreLink):
-    pass
+    up = "../"
 
 
-class BodyLink(Entry):
+class BodyLink(_Link):
     """A body on a page: a symlink to `../<id>` (one body, one directory)."""
-    can_vanish = True
 
     def readlink(self, tree: "Tree") -> str:
         return f"../{self.coord}"
-
-    def attr(self, tree: "Tree") -> Attr:
-        return Attr("link", len(self.readlink(tree)), False, tree.mtime(self.node), self.locked)
 
 
 class PageDir(DirEntry):
@@ -322,10 +320,6 @@ BBOX_SIZE = len(_BBOX_FMT % ((0,) * 6))
 
 def bbox_json(lo, hi) -> bytes:
     return (_BBOX_FMT % (*lo, *hi)).encode()
-
-
-def _bbox(vol, view, body) -> bytes:
-    return bbox_json(*vol.bbox(view, body))
 
 
 # ------------------------------------------------------------ sizes from the index
@@ -415,12 +409,6 @@ class RunCounter:
                 total += self._one_body(vol, snap, view, gen, idx, alone)
         return total
 
-    @staticmethod
-    def _block(vol, snap, view, gen, bcoord):
-        """A decoded block through the shared block cache, or None."""
-        box = vol.grid.block_box(bcoord)
-        return next((b for _, b in vol.iter_blocks(snap, view, box, gen)), None)
-
     def _one_body(self, vol, snap, view, gen, idx: LabelIndex, coords) -> int:
         svs = {unpack_block(k): v for k, v in idx.svs_in_blocks().items()}
 
@@ -429,7 +417,7 @@ class RunCounter:
 
         total = 0
         for c in coords:
-            block = self._block(vol, snap, view, gen, c)
+            block = vol.cached_block(snap, view, c, gen)
             if block is None:
                 raise InvalidInputError(f"label index names block {c}, which is missing")
             m = mask(block, svs[c])
@@ -437,18 +425,18 @@ class RunCounter:
             left_c = (c[0] - 1, c[1], c[2])
             first = m[:, :, 0]
             if left_c in svs:               # the body has voxels next door: its last column
-                left = self._block(vol, snap, view, gen, left_c)
+                left = vol.cached_block(snap, view, left_c, gen)
                 if left is not None:
                     first = first & ~mask(left[:, :, -1], svs[left_c])
             total += int(np.count_nonzero(first))
         return total
 
     def _analyse(self, vol, snap, view, gen, mapping, bcoord) -> dict[int, int]:
-        block = self._block(vol, snap, view, gen, bcoord)
+        block = vol.cached_block(snap, view, bcoord, gen)
         if block is None:
             raise InvalidInputError(f"label index names block {bcoord}, which is missing")
         m = mapping.apply(block)
-        left = self._block(vol, snap, view, gen, (bcoord[0] - 1, bcoord[1], bcoord[2]))
+        left = vol.cached_block(snap, view, (bcoord[0] - 1, bcoord[1], bcoord[2]), gen)
         lcol = mapping.apply(np.ascontiguousarray(left[:, :, -1])) if left is not None else 0
         start = np.empty(m.shape, bool)
         np.not_equal(m[:, :, 0], lcol, out=start[:, :, 0])
@@ -468,11 +456,10 @@ _SIZES = {
     "split": lambda idx: 0,
 }
 
+# sparsevol and bbox.json: from the body's cached runs (BodyFile.read)
 _RENDER = {
-    "sparsevol": lambda vol, view, body: vol.sparsevol(view, body),
     "sparsevol-coarse": lambda vol, view, body: vol.sparsevol_coarse(view, body),
     "size": lambda vol, view, body: f"{vol.size(view, body)}\n".encode(),
-    "bbox.json": _bbox,
     "blocks.json": lambda vol, view, body: as_json([list(c) for c in vol.block_coords(view, body)]),
     "supervoxels": lambda vol, view, body: "".join(f"{s}\n" for s in vol.supervoxels(view, body)).encode(),
     "split": lambda vol, view, body: b"",  # write-only

@@ -86,23 +86,17 @@ class SliceFormat:
     """How one plane directory shows a volume's slices."""
 
     ext: str
-    size: Callable[[int, int], int]          # (width, height) -> exact file size
-    encode: Callable[[np.ndarray], bytes]
+    size: Callable[[int, int, tuple | None], int]      # (width, height, voxel) -> exact file size
+    encode: Callable[[np.ndarray, tuple | None], bytes]  # (slice, voxel) -> file; TIFFs tag the voxel size
     writable: bool
-    tagged: bool = False                     # TIFF: size and encode take voxel= (the voxel size tags)
-
-    def file_size(self, width: int, height: int, voxel) -> int:
-        return self.size(width, height, voxel=voxel) if self.tagged else self.size(width, height)
-
-    def render(self, img: np.ndarray, voxel) -> bytes:
-        return self.encode(img, voxel=voxel) if self.tagged else self.encode(img)
 
 
-GRAY_PNG = SliceFormat("png", png_size, encode_png_stored, True)
-LABEL_TIFF = SliceFormat("tif", lambda w, h, voxel=None: tiff_size(w, h, np.uint64, voxel=voxel), encode_tiff,
-                         True, tagged=True)
-LABEL_RGB = SliceFormat("png", lambda w, h: png_size(w, h, 3), encode_pseudocolor_png, False)
-LABEL_FIJI = SliceFormat("tif", label_float_tiff_size, encode_label_float_tiff, False, tagged=True)
+GRAY_PNG = SliceFormat("png", lambda w, h, voxel: png_size(w, h), lambda img, voxel: encode_png_stored(img), True)
+LABEL_TIFF = SliceFormat("tif", lambda w, h, voxel: tiff_size(w, h, np.uint64, voxel=voxel),
+                         lambda img, voxel: encode_tiff(img, voxel=voxel), True)
+LABEL_RGB = SliceFormat("png", lambda w, h, voxel: png_size(w, h, 3), lambda img, voxel: encode_pseudocolor_png(img),
+                        False)
+LABEL_FIJI = SliceFormat("tif", label_float_tiff_size, encode_label_float_tiff, False)
 
 
 def plane_formats(dtype: np.dtype) -> dict[str, SliceFormat]:
@@ -172,7 +166,7 @@ class _OnPlane:
 
     def slice_attr(self, tree: "Tree", ext) -> Attr:
         fmt = self.format
-        return Attr("file", fmt.file_size(*self.axes.dims(ext), self.voxel),
+        return Attr("file", fmt.size(*self.axes.dims(ext), self.voxel),
                     not self.locked and fmt.writable and not self.scale,
                     tree.mtime(self.node), self.locked)
 
@@ -225,7 +219,7 @@ class PlaneDir(_OnPlane, DirEntry):
         ext = tree.extents(self)
         if ext is None:
             return FIRST_SLICE_LIMIT
-        return UPLOAD_SLACK * self.format.file_size(*self.axes.dims(ext), self.voxel) + UPLOAD_FIXED
+        return UPLOAD_SLACK * self.format.size(*self.axes.dims(ext), self.voxel) + UPLOAD_FIXED
 
 
 class _SliceListing(Sequence):
@@ -259,7 +253,7 @@ class Slice(_OnPlane, Entry):
 
     def read(self, tree: "Tree") -> bytes:
         img = tree.core.read_slice(self.node, self.obj, self.plane[:2], self.coord)
-        return self.format.render(img, self.voxel)
+        return self.format.encode(img, self.voxel)
 
     def upload_limit(self, tree: "Tree") -> int:
         return self.child(PlaneDir).upload_limit(tree)

@@ -116,21 +116,18 @@ class VersionDB:
 
     # ---------------------------------------------------------------- loading
     def _load(self) -> None:
-        for prefix, sink in ((b"repo:", self._load_repo), (b"node:", self._load_node)):
-            p = keys.META + prefix
-            for _, v in self.engine.scan(p, keys.prefix_end(p)):
-                sink(json.loads(v))
-        for v in sorted(self.by_version):
-            self._index_ancestry(self.by_version[v])
+        self.repos, nodes = self._read_records()
+        for n in sorted(nodes.values(), key=lambda n: n.version_id):  # parents first
+            self._register(n)
 
-    def _load_repo(self, d: dict) -> None:
-        r = Repo.from_json(d)
-        self.repos[r.root] = r
-
-    def _load_node(self, d: dict) -> None:
-        n = Node(**d)
-        self.nodes[n.uuid] = n
-        self.by_version[n.version_id] = n
+    def _read_records(self) -> tuple[dict[str, Repo], dict[str, Node]]:
+        """Every repo record and node record in the store, by root / UUID."""
+        p = keys.META + b"repo:"
+        repos = {r.root: r for r in (Repo.from_json(json.loads(v))
+                                     for _, v in self.engine.scan(p, keys.prefix_end(p)))}
+        p = keys.META + b"node:"
+        nodes = {n.uuid: n for n in (Node(**json.loads(v)) for _, v in self.engine.scan(p, keys.prefix_end(p)))}
+        return repos, nodes
 
     def follow(self) -> "Followed":
         """Read the records again after another process (the writer of a shared
@@ -141,16 +138,7 @@ class VersionDB:
         iterating them are safe.  Returns what changed, for the core to tell
         its caches and subscribers."""
         with self.lock:
-            repos: dict[str, Repo] = {}
-            nodes: dict[str, Node] = {}
-            p = keys.META + b"repo:"
-            for _, v in self.engine.scan(p, keys.prefix_end(p)):
-                r = Repo.from_json(json.loads(v))
-                repos[r.root] = r
-            p = keys.META + b"node:"
-            for _, v in self.engine.scan(p, keys.prefix_end(p)):
-                n = Node(**json.loads(v))
-                nodes[n.uuid] = n
+            repos, nodes = self._read_records()
             out = Followed()
             live_repos: dict[str, Repo] = {}
             for root, r in repos.items():
@@ -175,10 +163,7 @@ class VersionDB:
                 if old is None:
                     live_nodes[n.uuid] = n
                     by_version[n.version_id] = n
-                    s = {n.version_id}
-                    for par in n.parents:
-                        s |= anc[nodes[par].version_id]
-                    anc[n.version_id] = frozenset(s)
+                    anc[n.version_id] = _ancestry(n, anc, nodes)
                     out.new_nodes.append(n)
                     continue
                 if old.to_json() != n.to_json():
@@ -197,10 +182,7 @@ class VersionDB:
         return self._anc[version]
 
     def _index_ancestry(self, node: Node) -> None:
-        s = {node.version_id}
-        for p in node.parents:
-            s |= self._anc[self.nodes[p].version_id]
-        self._anc[node.version_id] = frozenset(s)
+        self._anc[node.version_id] = _ancestry(node, self._anc, self.nodes)
 
     def view(self, node: Node | str) -> VersionView:
         n = self.node(node) if isinstance(node, str) else node
@@ -798,6 +780,14 @@ class Followed:
     new_nodes: list[Node] = field(default_factory=list)
     changed_nodes: list[tuple[Node, bool]] = field(default_factory=list)      # (node, was locked)
     gone_instances: list[tuple[Repo, Instance]] = field(default_factory=list)
+
+
+def _ancestry(node: Node, anc: dict[int, frozenset[int]], nodes: dict[str, Node]) -> frozenset[int]:
+    """`node`'s version and its ancestors', given the ancestry of its parents."""
+    s = {node.version_id}
+    for p in node.parents:
+        s |= anc[nodes[p].version_id]
+    return frozenset(s)
 
 
 def _adopt(live: Node | Repo, staged: Node | Repo) -> None:
